@@ -1,0 +1,351 @@
+/**
+ * `create` and `merge`: from a directory / tar / tar.gz (optionally on top of a parent bootstrap
+ * and with a chunk dictionary) to a RAFS v6 bootstrap plus one new data blob; and merging
+ * per-layer bootstraps into one image. Outputs are written under temporary names and renamed,
+ * so a failure never leaves a half-written bootstrap or blob behind.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as os from 'node:os';
+import {
+  CompressorName, DigesterName, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, MAX_CHUNK_SIZE, SuperFlags,
+  compressorSuperFlag, RAFS_MAX_BLOBS, COMPRESSOR_IDS, DIGESTER_IDS, BlobFeature,
+} from '../format/constants';
+import { BlobEntry } from '../format/layout';
+import { writeBootstrap } from '../format/bootstrap-writer';
+import { readBootstrap, RafsBootstrap } from '../format/bootstrap-reader';
+import { TreeNode, Inode, walkTree } from '../tree/node';
+import { ChunkPool } from '../codec/chunk-pool';
+import { digestReady } from '../codec/digest';
+import { BlobWriter } from '../blob/blob-writer';
+import { ChunkSink, SinkStats, dedupKey } from './chunk-sink';
+import { scanDirectory, readFileChunks } from './dir-source';
+import { buildTreeFromTar } from './tar-source';
+import { applyLayer, cloneTree, stripWhiteouts, WhiteoutSpec } from './overlay';
+import { NydusError, invalidArgument } from '../errors';
+
+export type SourceType = 'dir' | 'tar' | 'targz';
+
+export interface CreateOptions {
+  type: SourceType;
+  /** directory, tar or tar.gz path; '-' reads the tar from `stdin` */
+  source: string;
+  bootstrap: string;
+  blobDir: string;
+  chunkSize?: number;
+  compressor?: CompressorName;
+  digester?: DigesterName;
+  parentBootstrap?: string;
+  chunkDict?: string;
+  prefetchPatterns?: string[];
+  whiteoutSpec?: WhiteoutSpec;
+  /** write chunk digests + TOC into the blob (nydus `--features blob-toc`); default true */
+  blobToc?: boolean;
+  threads?: number;
+  stdin?: NodeJS.ReadableStream;
+  onProgress?: (s: SinkStats) => void;
+}
+
+export interface BuildReport {
+  version: string;
+  bootstrap: string;
+  /** blob-table order, as nydus-image's output JSON */
+  blobs: string[];
+  /** the blob written by this build, if it holds any new chunk */
+  blob_id: string | null;
+  fs_version: '6';
+  compressor: CompressorName;
+  digester: DigesterName;
+  chunk_size: number;
+  trace: {
+    consumed_time: Record<string, number>;
+    registered_events: Record<string, number | string>;
+  };
+  stats: {
+    inodes: number;
+    files: number;
+    chunks: number;
+    new_chunks: number;
+    dedup_chunks: number;
+    dedup_uncompressed_size: number;
+    blob_compressed_size: number;
+    blob_uncompressed_size: number;
+    bootstrap_size: number;
+    blob_sizes: Record<string, { compressed: number; uncompressed: number; chunks: number }>;
+  };
+}
+
+export const VERSION = '0.1.0';
+
+export function parseChunkSize(v: string | number | undefined): number {
+  if (v === undefined) return DEFAULT_CHUNK_SIZE;
+  const n = typeof v === 'number' ? v : v.startsWith('0x') || v.startsWith('0X') ? parseInt(v, 16) : Number(v);
+  if (!Number.isInteger(n) || n < MIN_CHUNK_SIZE || n > MAX_CHUNK_SIZE || (n & (n - 1)) !== 0) {
+    throw invalidArgument(`--chunk-size ${v}: must be a power of two between 0x1000 and 0x1000000`);
+  }
+  return n;
+}
+
+function readBootstrapFile(file: string, what: string): RafsBootstrap {
+  let data: Buffer;
+  try {
+    data = fs.readFileSync(file);
+  } catch (e) {
+    throw new NydusError('ERR_INVALID_ARGUMENT', `${what} ${file}: ${(e as Error).message}`, { path: file });
+  }
+  return readBootstrap(data, { name: file });
+}
+
+/** Write `data` to `file` atomically (temp name in the same directory, fsync, rename). */
+export function writeFileAtomic(file: string, data: Buffer | string): void {
+  const dir = path.dirname(path.resolve(file));
+  fs.mkdirSync(dir, { recursive: true });
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  const fd = fs.openSync(tmp, 'w', 0o644);
+  try {
+    fs.writeFileSync(fd, data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}
+
+export function superFlagsFor(compressor: CompressorName, digester: DigesterName, allBlobsHaveDigests: boolean): number {
+  let f = compressorSuperFlag(compressor) | (digester === 'blake3' ? SuperFlags.HASH_BLAKE3 : SuperFlags.HASH_SHA256);
+  f |= SuperFlags.EXPLICIT_UID_GID | SuperFlags.ENCRYPTION_NONE;
+  if (allBlobsHaveDigests) f |= SuperFlags.INLINED_CHUNK_DIGEST;
+  return f;
+}
+
+/**
+ * Keep only blobs referenced by some chunk, in their current order, and rewrite chunk blob
+ * indexes accordingly. Returns the compacted blob list.
+ */
+export function compactBlobs(root: TreeNode, blobs: (BlobEntry | undefined)[]): BlobEntry[] {
+  const used = new Set<number>();
+  const inodes = new Set<Inode>();
+  for (const { node } of walkTree(root)) inodes.add(node.inode);
+  for (const i of inodes) for (const c of i.chunks) used.add(c.blobIndex);
+  const map = new Map<number, number>();
+  const out: BlobEntry[] = [];
+  blobs.forEach((b, i) => {
+    if (used.has(i)) {
+      if (!b) throw new Error(`internal: chunk refers to missing blob slot ${i}`);
+      map.set(i, out.length);
+      out.push({ ...b, blobIndex: out.length });
+    }
+  });
+  if (out.length > RAFS_MAX_BLOBS) throw invalidArgument(`the image would reference ${out.length} blobs; RAFS v6 allows ${RAFS_MAX_BLOBS}`);
+  for (const i of inodes) i.chunks = i.chunks.map((c) => ({ ...c, blobIndex: map.get(c.blobIndex)! }));
+  return out;
+}
+
+export async function createImage(opts: CreateOptions): Promise<BuildReport> {
+  const t0 = performance.now();
+  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  parseChunkSize(chunkSize);
+  const compressor = opts.compressor ?? 'zstd';
+  const digester = opts.digester ?? 'blake3';
+  if (!(compressor in COMPRESSOR_IDS) || compressor === 'gzip') throw invalidArgument(`--compressor ${compressor}: use zstd, lz4_block or none`);
+  if (!(digester in DIGESTER_IDS)) throw invalidArgument(`--digester ${digester}: use blake3 or sha256`);
+  const whiteoutSpec = opts.whiteoutSpec ?? 'oci';
+  await digestReady();
+
+  // Blob slots: parent blobs, then this build's new blob, then chunk-dict blobs as referenced.
+  const slots: (BlobEntry | undefined)[] = [];
+  let lower: TreeNode | undefined;
+  const parent = opts.parentBootstrap ? readBootstrapFile(opts.parentBootstrap, 'parent bootstrap') : undefined;
+  const dict = opts.chunkDict ? readBootstrapFile(opts.chunkDict.replace(/^bootstrap=/, ''), 'chunk dict') : undefined;
+  for (const b of [parent, dict]) {
+    if (b && b.chunkSize !== chunkSize) throw invalidArgument(`${b === parent ? 'parent bootstrap' : 'chunk dict'} uses chunk size 0x${b.chunkSize.toString(16)}, this build 0x${chunkSize.toString(16)}`);
+    if (b && b.digester !== digester) throw invalidArgument(`${b === parent ? 'parent bootstrap' : 'chunk dict'} uses digester ${b.digester}, this build ${digester}`);
+  }
+  if (parent) {
+    parent.blobs.forEach((b) => slots.push(b));
+    lower = cloneTree(parent.root);
+  }
+  const newSlot = slots.length;
+  slots.push(undefined);
+
+  const pool = await ChunkPool.create({ threads: opts.threads });
+  const writer = new BlobWriter({ dir: opts.blobDir, compressor, digester, chunkSize, toc: opts.blobToc ?? true });
+  const threads = opts.threads ?? os.availableParallelism();
+  const sink = new ChunkSink(pool, writer, newSlot, chunkSize, compressor, digester, Math.max(4, threads * 4), opts.onProgress);
+  // Dedup sources: parent chunks, then the chunk dict (which wins, as in nydus-image).
+  if (parent) for (const { node } of walkTree(parent.root)) for (const c of node.inode.chunks) sink.dedup.set(dedupKey(c.digest, c.uncompressedSize), c);
+  if (dict) {
+    const dictSlot = new Map<number, number>();
+    for (const c of dict.chunkTable) {
+      let slot = dictSlot.get(c.blobIndex);
+      if (slot === undefined) {
+        const existing = slots.findIndex((s) => s?.blobId === dict.blobs[c.blobIndex].blobId);
+        slot = existing >= 0 ? existing : slots.push(dict.blobs[c.blobIndex]) - 1;
+        dictSlot.set(c.blobIndex, slot);
+      }
+      sink.dedup.set(dedupKey(c.digest, c.uncompressedSize), {
+        blobIndex: slot, ciIndex: c.index, digest: c.digest, compressedOffset: c.compressedOffset,
+        compressedSize: c.compressedSize, uncompressedOffset: c.uncompressedOffset,
+        uncompressedSize: c.uncompressedSize, compressed: (c.flags & 1) !== 0, fileOffset: 0,
+      });
+    }
+  }
+
+  let layer: TreeNode;
+  const tBuild = performance.now();
+  try {
+    if (opts.type === 'dir') {
+      if (opts.source === '-') throw invalidArgument('a directory source cannot be read from stdin');
+      const { root, files } = scanDirectory(opts.source, opts.prefetchPatterns);
+      layer = root;
+      // Read ahead a few files while the pipeline commits in order.
+      for (const f of files) await sink.addFile(f.inode, readFileChunks(f.path, f.inode.size, chunkSize, f.display), f.display);
+    } else {
+      let input: NodeJS.ReadableStream;
+      if (opts.source === '-') input = opts.stdin ?? process.stdin;
+      else {
+        try {
+          fs.accessSync(opts.source, fs.constants.R_OK);
+        } catch (e) {
+          throw invalidArgument(`source ${opts.source}: ${(e as Error).message}`, { path: opts.source });
+        }
+        input = fs.createReadStream(opts.source, { highWaterMark: 1 << 20 });
+      }
+      layer = await buildTreeFromTar(input, { name: opts.source === '-' ? '<stdin>' : opts.source, gzip: opts.type === 'targz' ? true : 'auto' }, sink);
+    }
+    await sink.drain();
+  } catch (e) {
+    writer.abort();
+    await pool.close();
+    throw e;
+  }
+  await pool.close();
+  const tDump = performance.now();
+  const finished = writer.finish();
+  if (finished) slots[newSlot] = finished.entry;
+
+  let root: TreeNode;
+  if (lower) {
+    applyLayer(lower, layer, whiteoutSpec);
+    root = lower;
+  } else {
+    root = layer;
+  }
+  let blobs: BlobEntry[];
+  try {
+    blobs = compactBlobs(root, slots);
+  } catch (e) {
+    if (finished) fs.rmSync(finished.path, { force: true });
+    throw e;
+  }
+  const allDigests = blobs.length > 0 && blobs.every((b) => (b.features & BlobFeature.INLINED_CHUNK_DIGEST) !== 0);
+  const boot = writeBootstrap({ root, blobs, chunkSize, flags: superFlagsFor(compressor, digester, allDigests), prefetchPaths: opts.prefetchPatterns });
+  writeFileAtomic(opts.bootstrap, boot.data);
+  const t1 = performance.now();
+
+  const blobSizes: BuildReport['stats']['blob_sizes'] = {};
+  for (const b of blobs) blobSizes[b.blobId] = { compressed: b.compressedSize, uncompressed: b.uncompressedSize, chunks: b.chunkCount };
+  const s = sink.stats;
+  return {
+    version: VERSION,
+    bootstrap: opts.bootstrap,
+    blobs: blobs.map((b) => b.blobId),
+    blob_id: finished?.blobId ?? null,
+    fs_version: '6',
+    compressor,
+    digester,
+    chunk_size: chunkSize,
+    trace: {
+      consumed_time: {
+        total_build: (t1 - t0) / 1000,
+        build_bootstrap: (tDump - tBuild) / 1000,
+        dump_blob: (tDump - tBuild) / 1000,
+        dump_bootstrap: (t1 - tDump) / 1000,
+      },
+      registered_events: {
+        blob_uncompressed_size: finished?.entry.uncompressedSize ?? 0,
+        dedup_chunks: s.dedupChunks,
+        dedup_uncompressed_size: s.dedupBytes,
+        euid: String(process.geteuid?.() ?? 0),
+        egid: String(process.getegid?.() ?? 0),
+      },
+    },
+    stats: {
+      inodes: boot.inodeCount,
+      files: s.files,
+      chunks: s.chunks,
+      new_chunks: s.newChunks,
+      dedup_chunks: s.dedupChunks,
+      dedup_uncompressed_size: s.dedupBytes,
+      blob_compressed_size: finished?.entry.compressedSize ?? 0,
+      blob_uncompressed_size: finished?.entry.uncompressedSize ?? 0,
+      bootstrap_size: boot.data.length,
+      blob_sizes: blobSizes,
+    },
+  };
+}
+
+export interface MergeOptions {
+  bootstraps: string[];
+  output: string;
+  /** replaces the (single) blob id of each source bootstrap, in order */
+  blobDigests?: string[];
+  parentBootstrap?: string;
+  prefetchPatterns?: string[];
+}
+
+export interface MergeReport {
+  version: string;
+  bootstrap: string;
+  blobs: string[];
+  fs_version: '6';
+  compressor: CompressorName;
+  inodes: number;
+}
+
+/** Merge per-layer bootstraps, lower to upper, applying OCI whiteouts. */
+export function mergeImages(opts: MergeOptions): MergeReport {
+  if (opts.bootstraps.length === 0) throw invalidArgument('merge needs at least one bootstrap');
+  if (opts.blobDigests && opts.blobDigests.length !== opts.bootstraps.length) {
+    throw invalidArgument(`--blob-digests has ${opts.blobDigests.length} entries for ${opts.bootstraps.length} bootstraps`);
+  }
+  const sources = [...(opts.parentBootstrap ? [opts.parentBootstrap] : []), ...opts.bootstraps];
+  const images = sources.map((f) => readBootstrapFile(f, 'bootstrap'));
+  const first = images[0];
+  const slots: BlobEntry[] = [];
+  const slotById = new Map<string, number>();
+  let root: TreeNode | undefined;
+  images.forEach((img, li) => {
+    const name = sources[li];
+    if (img.chunkSize !== first.chunkSize) throw invalidArgument(`${name}: chunk size 0x${img.chunkSize.toString(16)} differs from 0x${first.chunkSize.toString(16)}`);
+    if (img.digester !== first.digester) throw invalidArgument(`${name}: digester ${img.digester} differs from ${first.digester}`);
+    const digestIdx = li - (opts.parentBootstrap ? 1 : 0);
+    const rename = digestIdx >= 0 ? opts.blobDigests?.[digestIdx]?.replace(/^sha256:/, '') : undefined;
+    if (rename !== undefined && !/^[0-9a-f]{64}$/.test(rename)) throw invalidArgument(`--blob-digests: "${rename}" is not a sha256 digest`);
+    if (rename !== undefined && img.blobs.length > 1) {
+      throw invalidArgument(`${name}: --blob-digests needs each bootstrap to have exactly one blob, this one has ${img.blobs.length}`);
+    }
+    const map = img.blobs.map((b) => {
+      const id = rename ?? b.blobId;
+      let slot = slotById.get(id);
+      if (slot === undefined) {
+        slot = slots.length;
+        slots.push({ ...b, blobId: id });
+        slotById.set(id, slot);
+      }
+      return slot;
+    });
+    const inodes = new Set<Inode>();
+    for (const { node } of walkTree(img.root)) inodes.add(node.inode);
+    for (const i of inodes) i.chunks = i.chunks.map((c) => ({ ...c, blobIndex: map[c.blobIndex] }));
+    // Whiteouts in the bottom layer have nothing to hide; strip them like an unpacker would.
+    if (!root) root = stripWhiteouts(cloneTree(img.root), 'oci');
+    else applyLayer(root, img.root, 'oci');
+  });
+  const blobs = compactBlobs(root!, slots);
+  const allDigests = blobs.length > 0 && blobs.every((b) => (b.features & BlobFeature.INLINED_CHUNK_DIGEST) !== 0);
+  const flags = superFlagsFor(first.compressor, first.digester, allDigests);
+  const boot = writeBootstrap({ root: root!, blobs, chunkSize: first.chunkSize, flags, prefetchPaths: opts.prefetchPatterns });
+  writeFileAtomic(opts.output, boot.data);
+  return { version: VERSION, bootstrap: opts.output, blobs: blobs.map((b) => b.blobId), fs_version: '6', compressor: first.compressor, inodes: boot.inodeCount };
+}

@@ -1,0 +1,149 @@
+/**
+ * The builder's hot path: file bytes are cut into fixed-size chunks, hashed and compressed on
+ * worker threads (many in flight), then committed strictly in submission order so that blob
+ * contents, ci indexes and dedup decisions are deterministic (reproducible builds).
+ */
+import { ChunkPool, ProcessedChunk } from '../codec/chunk-pool';
+import { CompressorName, DigesterName } from '../format/constants';
+import { ChunkRef, Inode } from '../tree/node';
+import { BlobWriter } from '../blob/blob-writer';
+import { NydusError } from '../errors';
+
+export interface SinkStats {
+  files: number;
+  bytesIn: number;
+  chunks: number;
+  newChunks: number;
+  dedupChunks: number;
+  dedupBytes: number;
+  newUncompressedBytes: number;
+}
+
+interface Pending {
+  result: Promise<ProcessedChunk>;
+  inode: Inode;
+  k: number;
+  size: number;
+}
+
+export function dedupKey(digest: Buffer, size: number): string {
+  return digest.toString('hex') + ':' + size;
+}
+
+export class ChunkSink {
+  readonly stats: SinkStats = { files: 0, bytesIn: 0, chunks: 0, newChunks: 0, dedupChunks: 0, dedupBytes: 0, newUncompressedBytes: 0 };
+  /** digest:size -> an existing chunk (parent layers, chunk dict, this build) */
+  readonly dedup = new Map<string, ChunkRef>();
+  private queue: Pending[] = [];
+  private committing: Promise<void> | null = null;
+  private inflight = 0;
+  private waiters: (() => void)[] = [];
+  private error: unknown = null;
+
+  constructor(
+    private readonly pool: ChunkPool,
+    private readonly writer: BlobWriter,
+    /** blob-table slot the new blob will occupy */
+    private readonly blobSlot: number,
+    readonly chunkSize: number,
+    private readonly compressor: CompressorName,
+    private readonly digester: DigesterName,
+    private readonly maxInflight: number,
+    private readonly onProgress?: (s: SinkStats) => void,
+  ) {}
+
+  /** Chunk one regular file's content; the body must yield exactly `inode.size` bytes. */
+  async addFile(inode: Inode, body: AsyncIterable<Buffer>, where: string): Promise<void> {
+    const cs = this.chunkSize;
+    let buf = Buffer.allocUnsafe(Math.min(cs, Math.max(inode.size, 1)));
+    let fill = 0;
+    let k = 0;
+    let total = 0;
+    inode.chunks = new Array(Math.ceil(inode.size / cs));
+    for await (const piece of body) {
+      let off = 0;
+      total += piece.length;
+      if (total > inode.size) throw new NydusError('ERR_IO', `${where}: content is longer than its size ${inode.size}`, { path: where });
+      while (off < piece.length) {
+        const n = Math.min(piece.length - off, buf.length - fill);
+        piece.copy(buf, fill, off, off + n);
+        fill += n;
+        off += n;
+        if (fill === buf.length) {
+          await this.submit(inode, k++, buf);
+          const remaining = inode.size - k * cs;
+          buf = Buffer.allocUnsafe(Math.min(cs, Math.max(remaining, 1)));
+          fill = 0;
+        }
+      }
+    }
+    if (total !== inode.size) throw new NydusError('ERR_IO', `${where}: expected ${inode.size} bytes of content, got ${total} (file changed while building?)`, { path: where });
+    this.stats.files++;
+  }
+
+  private async submit(inode: Inode, k: number, data: Buffer): Promise<void> {
+    if (this.error) throw this.error;
+    while (this.inflight >= this.maxInflight) {
+      await new Promise<void>((r) => this.waiters.push(r));
+      if (this.error) throw this.error;
+    }
+    this.inflight++;
+    const result = this.pool.process(data, this.compressor, this.digester);
+    result.catch(() => undefined); // surfaced by the commit loop
+    this.queue.push({ result, inode, k, size: data.length });
+    this.stats.bytesIn += data.length;
+    if (!this.committing) this.committing = this.commitLoop();
+  }
+
+  private async commitLoop(): Promise<void> {
+    try {
+      while (this.queue.length) {
+        const p = this.queue.shift()!;
+        let r: ProcessedChunk;
+        try {
+          r = await p.result;
+        } catch (e) {
+          this.error ??= e;
+          r = undefined as never;
+        }
+        if (!this.error) this.commit(p, r);
+        this.inflight--;
+        this.waiters.shift()?.();
+      }
+    } finally {
+      this.committing = null;
+    }
+    if (this.queue.length && !this.committing) this.committing = this.commitLoop();
+  }
+
+  private commit(p: Pending, r: ProcessedChunk): void {
+    const key = dedupKey(r.digest, p.size);
+    const fileOffset = p.k * this.chunkSize;
+    this.stats.chunks++;
+    const hit = this.dedup.get(key);
+    if (hit) {
+      this.stats.dedupChunks++;
+      this.stats.dedupBytes += p.size;
+      p.inode.chunks[p.k] = { ...hit, fileOffset };
+    } else {
+      const c = this.writer.addChunk(r.data, r.compressed, p.size, r.digest);
+      const ref: ChunkRef = {
+        blobIndex: this.blobSlot, ciIndex: c.index, digest: r.digest, compressedOffset: c.compressedOffset,
+        compressedSize: c.compressedSize, uncompressedOffset: c.uncompressedOffset,
+        uncompressedSize: c.uncompressedSize, compressed: c.compressed, fileOffset,
+      };
+      this.dedup.set(key, ref);
+      this.stats.newChunks++;
+      this.stats.newUncompressedBytes += p.size;
+      p.inode.chunks[p.k] = ref;
+    }
+    if (this.onProgress && (this.stats.chunks & 63) === 0) this.onProgress(this.stats);
+  }
+
+  /** Wait until every submitted chunk is committed; rethrows the first failure. */
+  async drain(): Promise<void> {
+    while (this.committing) await this.committing;
+    if (this.error) throw this.error;
+    this.onProgress?.(this.stats);
+  }
+}
