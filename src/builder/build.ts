@@ -44,6 +44,7 @@ export interface CreateOptions {
   threads?: number;
   stdin?: NodeJS.ReadableStream;
   onProgress?: (s: SinkStats) => void;
+  onWarning?: (msg: string) => void;
 }
 
 export interface BuildReport {
@@ -61,6 +62,8 @@ export interface BuildReport {
     consumed_time: Record<string, number>;
     registered_events: Record<string, number | string>;
   };
+  /** things the build dropped or changed, each naming the entry */
+  warnings: string[];
   stats: {
     inodes: number;
     files: number;
@@ -192,11 +195,16 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
   }
 
   let layer: TreeNode;
+  const warnings: string[] = [];
+  const warn = (m: string): void => {
+    warnings.push(m);
+    opts.onWarning?.(m);
+  };
   const tBuild = performance.now();
   try {
     if (opts.type === 'dir') {
       if (opts.source === '-') throw invalidArgument('a directory source cannot be read from stdin');
-      const { root, files } = scanDirectory(opts.source, opts.prefetchPatterns);
+      const { root, files } = scanDirectory(opts.source, opts.prefetchPatterns, warn);
       layer = root;
       // Read ahead a few files while the pipeline commits in order.
       for (const f of files) await sink.addFile(f.inode, readFileChunks(f.path, f.inode.size, chunkSize, f.display), f.display);
@@ -211,7 +219,7 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
         }
         input = fs.createReadStream(opts.source, { highWaterMark: 1 << 20 });
       }
-      layer = await buildTreeFromTar(input, { name: opts.source === '-' ? '<stdin>' : opts.source, gzip: opts.type === 'targz' ? true : 'auto' }, sink);
+      layer = await buildTreeFromTar(input, { name: opts.source === '-' ? '<stdin>' : opts.source, gzip: opts.type === 'targz' ? true : 'auto', warn }, sink);
     }
     await sink.drain();
   } catch (e) {
@@ -255,6 +263,7 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
     compressor,
     digester,
     chunk_size: chunkSize,
+    warnings,
     trace: {
       consumed_time: {
         total_build: (t1 - t0) / 1000,

@@ -7,6 +7,7 @@ import { TreeNode, Inode, newInode, splitPath, nameKey } from '../tree/node';
 import { S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK } from '../format/constants';
 import { llistxattr, lgetxattr, devMajor, devMinor } from '../sys/native';
 import { NydusError } from '../errors';
+import { storableXattrs } from './xattrs';
 
 export interface DirFile {
   path: Buffer;
@@ -18,7 +19,7 @@ function join(a: Buffer, b: Buffer): Buffer {
   return Buffer.concat([a, Buffer.from('/'), b]);
 }
 
-function readXattrs(p: Buffer, display: string): Map<string, Buffer> {
+function readXattrs(p: Buffer, display: string, warn: (m: string) => void): Map<string, Buffer> {
   const m = new Map<string, Buffer>();
   let names: string[];
   try {
@@ -35,17 +36,17 @@ function readXattrs(p: Buffer, display: string): Map<string, Buffer> {
       throw e;
     }
   }
-  return m;
+  return storableXattrs(m, display, warn);
 }
 
-function inodeFromStat(st: fs.BigIntStats, p: Buffer, display: string): Inode {
+function inodeFromStat(st: fs.BigIntStats, p: Buffer, display: string, warn: (m: string) => void): Inode {
   const mode = Number(st.mode);
   const mtimeNs = st.mtimeNs;
   const mtime = Number(mtimeNs / 1_000_000_000n) - (mtimeNs < 0n && mtimeNs % 1_000_000_000n !== 0n ? 1 : 0);
   const nsec = Number(((mtimeNs % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n);
   const inode = newInode(mode, {
     uid: Number(st.uid), gid: Number(st.gid), mtime, mtimeNsec: nsec,
-    xattrs: readXattrs(p, display),
+    xattrs: readXattrs(p, display, warn),
   });
   const type = mode & S_IFMT;
   if (type === S_IFREG) inode.size = Number(st.size);
@@ -64,7 +65,7 @@ function inodeFromStat(st: fs.BigIntStats, p: Buffer, display: string): Inode {
  * Scan `rootPath`. Returns the tree and the regular files in data order: files matching the
  * prefetch patterns first (pattern order), then the rest breadth-first, as nydus-image does.
  */
-export function scanDirectory(rootPath: string, prefetch: string[] = []): { root: TreeNode; files: DirFile[] } {
+export function scanDirectory(rootPath: string, prefetch: string[] = [], warn: (m: string) => void = () => undefined): { root: TreeNode; files: DirFile[] } {
   const rootBuf = Buffer.from(rootPath);
   let st: fs.BigIntStats;
   try {
@@ -73,7 +74,7 @@ export function scanDirectory(rootPath: string, prefetch: string[] = []): { root
     throw new NydusError('ERR_INVALID_ARGUMENT', `source directory ${rootPath}: ${(e as Error).message}`, { path: rootPath });
   }
   if ((Number(st.mode) & S_IFMT) !== S_IFDIR) throw new NydusError('ERR_INVALID_ARGUMENT', `source ${rootPath} is not a directory`, { path: rootPath });
-  const root: TreeNode = { name: Buffer.from('/'), inode: inodeFromStat(st, rootBuf, rootPath), children: new Map() };
+  const root: TreeNode = { name: Buffer.from('/'), inode: inodeFromStat(st, rootBuf, rootPath, warn), children: new Map() };
   const links = new Map<string, Inode>();
   const files: DirFile[] = [];
   const seenFiles = new Set<Inode>();
@@ -100,7 +101,7 @@ export function scanDirectory(rootPath: string, prefetch: string[] = []): { root
         if (type !== S_IFDIR && cst.nlink > 1n && links.has(linkKey)) {
           inode = links.get(linkKey)!;
         } else {
-          inode = inodeFromStat(cst, p, rootPath + rel);
+          inode = inodeFromStat(cst, p, rootPath + rel, warn);
           if (type !== S_IFDIR && cst.nlink > 1n) links.set(linkKey, inode);
         }
         const node: TreeNode = { name, inode };

@@ -9,6 +9,7 @@ import { TreeNode, Inode, newInode, newDir, splitPath, nameKey, isDir } from '..
 import { S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO } from '../format/constants';
 import { BadTarError } from '../errors';
 import { ChunkSink } from './chunk-sink';
+import { storableXattrs } from './xattrs';
 
 const TYPE_BITS: Record<string, number> = {
   file: S_IFREG, dir: S_IFDIR, symlink: S_IFLNK, chardev: S_IFCHR, blockdev: S_IFBLK, fifo: S_IFIFO,
@@ -16,7 +17,7 @@ const TYPE_BITS: Record<string, number> = {
 
 export async function buildTreeFromTar(
   input: NodeJS.ReadableStream | AsyncIterable<Buffer>,
-  opts: { name: string; gzip: boolean | 'auto' },
+  opts: { name: string; gzip: boolean | 'auto'; warn: (msg: string) => void },
   sink: ChunkSink,
 ): Promise<TreeNode> {
   const root = newDir(Buffer.from('/'));
@@ -52,8 +53,10 @@ export async function buildTreeFromTar(
     }
     const bits = TYPE_BITS[e.type];
     if (bits === undefined) throw new BadTarError(`${where}: unsupported entry type ${e.type}`, {});
-    const inode: Inode = newInode(bits | (e.mode & 0o7777), {
-      uid: e.uid, gid: e.gid, mtime: e.mtime, mtimeNsec: e.mtimeNsec, xattrs: new Map(e.xattrs),
+    // Linux symlinks always have mode 0777, whatever the archive says (macOS tars say 0755).
+    const perm = e.type === 'symlink' ? 0o777 : e.mode & 0o7777;
+    const inode: Inode = newInode(bits | perm, {
+      uid: e.uid, gid: e.gid, mtime: e.mtime, mtimeNsec: e.mtimeNsec, xattrs: storableXattrs(e.xattrs, where, opts.warn),
       rdevMajor: e.devMajor, rdevMinor: e.devMinor,
     });
     if (e.type === 'symlink') {

@@ -74,6 +74,7 @@ export function buildProgram(): Command {
         compressor: o.compressor as CompressorName, digester: o.digester as DigesterName,
         parentBootstrap: o.parentBootstrap, chunkDict: o.chunkDict, prefetchPatterns: readPatterns(o.prefetchPatterns),
         whiteoutSpec: o.whiteoutSpec, blobToc: o.blobToc, threads: o.threads ? Number(o.threads) : undefined,
+        onWarning: (m) => process.stderr.write(`warning: ${m}\n`),
         onProgress: (s) => prog.update(`${s.files} files, ${human(s.bytesIn)} read, ${s.chunks} chunks (${s.dedupChunks} deduplicated)`),
       });
       prog.done();
