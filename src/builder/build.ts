@@ -223,6 +223,7 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
     }
     await sink.drain();
   } catch (e) {
+    await sink.cancel(e);
     writer.abort();
     await pool.close();
     throw e;

@@ -140,6 +140,13 @@ export class ChunkSink {
     if (this.onProgress && (this.stats.chunks & 63) === 0) this.onProgress(this.stats);
   }
 
+  /** Stop committing (after a failure elsewhere) and wait for the commit loop to go idle. */
+  async cancel(reason: unknown): Promise<void> {
+    this.error ??= reason;
+    while (this.committing) await this.committing.catch(() => undefined);
+    for (const w of this.waiters.splice(0)) w();
+  }
+
   /** Wait until every submitted chunk is committed; rethrows the first failure. */
   async drain(): Promise<void> {
     while (this.committing) await this.committing;
