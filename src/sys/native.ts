@@ -1,0 +1,313 @@
+/**
+ * The one module of nydus-ts that calls syscalls Node lacks (through koffi → libc).
+ *
+ * Layout, so later calls (poll, ioctl, mount/umount2, fanotify_*) fit the same way:
+ *  - `libc()` loads koffi and libc.so.6 once, on first use: importing this module costs nothing;
+ *  - `fn(proto)` binds (and caches) one libc function from a C prototype string;
+ *  - every wrapper calls, reads `koffi.errno()` right away on failure and throws `sysError()`,
+ *    a NydusError('ERR_IO') whose message names the path, the call and the errno name.
+ *
+ * Paths and xattr names are raw bytes: a string path is encoded as UTF-8 (Node's convention),
+ * a Buffer is passed as is (non-UTF-8 names). See `xattrNameBytes` for xattr names.
+ */
+import { NydusError } from '../errors';
+import * as util from 'node:util';
+
+// Type-only import: erased at compile time, so koffi itself is required lazily in libc().
+type Koffi = typeof import('koffi');
+type LibraryHandle = ReturnType<Koffi['load']>;
+type NativeFn = (...args: unknown[]) => unknown;
+
+export type RawPath = string | Buffer;
+export type XattrName = string | Buffer;
+
+let koffiMod: Koffi | undefined;
+let libcHandle: LibraryHandle | undefined;
+const bound = new Map<string, NativeFn>();
+
+/** koffi, loaded on first use. */
+function koffi(): Koffi {
+  if (!koffiMod) koffiMod = require('koffi') as Koffi;
+  return koffiMod;
+}
+
+/** libc.so.6, loaded on first use. */
+export function libc(): LibraryHandle {
+  if (!libcHandle) {
+    try {
+      libcHandle = koffi().load('libc.so.6');
+    } catch (e) {
+      throw new NydusError('ERR_UNSUPPORTED', `cannot load libc.so.6 through koffi: ${(e as Error).message}`, {}, { cause: e });
+    }
+  }
+  return libcHandle;
+}
+
+/** Bind one libc function from a C prototype (cached by prototype text). */
+function fn(proto: string): NativeFn {
+  let f = bound.get(proto);
+  if (!f) {
+    f = libc().func(proto) as unknown as NativeFn;
+    bound.set(proto, f);
+  }
+  return f;
+}
+
+/** The thread's errno: read it right after the failing call, before other native work. */
+function lastErrno(): number {
+  return koffi().errno();
+}
+
+let errnoNames: Map<number, string> | undefined;
+/** Symbolic name of an errno value: ENOTSUP, ENODATA, EPERM, ... ('E<n>' if unknown). */
+export function errnoName(errno: number): string {
+  // libuv knows the common ones and prefers ENOTSUP over EOPNOTSUPP, EAGAIN over EWOULDBLOCK.
+  const uv = util.getSystemErrorMap().get(-errno);
+  if (uv) return uv[0];
+  if (!errnoNames) {
+    errnoNames = new Map();
+    for (const [name, value] of Object.entries(koffi().os.errno)) if (!errnoNames.has(value)) errnoNames.set(value, name);
+  }
+  return errnoNames.get(errno) ?? `E${errno}`;
+}
+
+/** strerror(3) text for an errno value. */
+function strerror(errno: number): string {
+  try {
+    return String(fn('const char *strerror(int errnum)')(errno));
+  } catch {
+    return 'unknown error';
+  }
+}
+
+/** A printable form of a raw path (UTF-8 where valid, \xNN escapes elsewhere). */
+export function showPath(p: RawPath): string {
+  if (typeof p === 'string') return p;
+  const s = p.toString('utf8');
+  if (Buffer.from(s, 'utf8').equals(p)) return s;
+  let out = '';
+  for (const b of p) out += b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
+  return out;
+}
+
+/**
+ * The one errno → error helper: NydusError('ERR_IO', "<call> <path>[ <detail>]: <ENAME> (<strerror>)",
+ * { errno, code, syscall, path, ...extra }); `extra.detail` goes into the message only.
+ */
+export function sysError(call: string, path: RawPath | undefined, errno: number, extra: Record<string, unknown> = {}): NydusError {
+  const code = errnoName(errno);
+  const { detail, ...rest } = extra;
+  const where = path !== undefined ? ` ${showPath(path)}` : '';
+  const more = detail !== undefined ? ` ${String(detail)}` : '';
+  return new NydusError('ERR_IO', `${call}${where}${more}: ${code} (${strerror(errno)})`, {
+    errno,
+    code,
+    syscall: call,
+    ...(path !== undefined ? { path: showPath(path) } : {}),
+    ...rest,
+  });
+}
+
+/** A NUL-terminated copy of a path or name, as raw bytes. */
+function cstr(p: RawPath, what: string, encoding: BufferEncoding = 'utf8'): Buffer {
+  const b = typeof p === 'string' ? Buffer.from(p, encoding) : p;
+  if (b.includes(0)) throw new NydusError('ERR_INVALID_ARGUMENT', `${what} contains a NUL byte: ${showPath(b)}`, { [what]: showPath(b) });
+  const out = Buffer.allocUnsafe(b.length + 1);
+  b.copy(out);
+  out[b.length] = 0;
+  return out;
+}
+
+/**
+ * Bytes of an xattr name. A string whose characters are all ≤ U+00FF is taken as latin1, so
+ * names returned by `llistxattr` (latin1 of the raw bytes) round-trip exactly; a string with
+ * wider characters is encoded as UTF-8; a Buffer is taken as is.
+ */
+export function xattrNameBytes(name: XattrName): Buffer {
+  if (typeof name !== 'string') return name;
+  return /^[\u0000-\u00ff]*$/.test(name) ? Buffer.from(name, 'latin1') : Buffer.from(name, 'utf8');
+}
+
+const ERANGE = 34;
+const ENODATA = 61;
+const ENOTSUP = 95;
+
+// ---------------------------------------------------------------------------------------------
+// Extended attributes (l* variants: never follow a final symlink)
+// ---------------------------------------------------------------------------------------------
+
+/** flags of lsetxattr */
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
+
+/**
+ * Names of the xattrs of `path` (not following a final symlink), as latin1 strings of the raw
+ * bytes, in the order the filesystem lists them. ENOTSUP/ENODATA mean "no xattrs": [].
+ */
+export function llistxattr(path: RawPath): string[] {
+  const f = fn('intptr_t llistxattr(const void *path, _Out_ void *list, size_t size)');
+  const p = cstr(path, 'path');
+  for (let attempt = 0; ; attempt++) {
+    const size = Number(f(p, null, 0));
+    if (size < 0) {
+      const e = lastErrno();
+      if (e === ENOTSUP || e === ENODATA) return [];
+      throw sysError('llistxattr', path, e);
+    }
+    if (size === 0) return [];
+    const buf = Buffer.alloc(size);
+    const n = Number(f(p, buf, size));
+    if (n < 0) {
+      const e = lastErrno();
+      if (e === ERANGE && attempt < 8) continue; // list grew between the two calls
+      if (e === ENOTSUP || e === ENODATA) return [];
+      throw sysError('llistxattr', path, e);
+    }
+    return buf
+      .subarray(0, n)
+      .toString('latin1')
+      .split('\0')
+      .filter((s) => s.length > 0);
+  }
+}
+
+/** Value of xattr `name` of `path` (not following a final symlink). */
+export function lgetxattr(path: RawPath, name: XattrName): Buffer {
+  const f = fn('intptr_t lgetxattr(const void *path, const void *name, _Out_ void *value, size_t size)');
+  const p = cstr(path, 'path');
+  const nb = xattrNameBytes(name);
+  const n0 = cstr(nb, 'name');
+  for (let attempt = 0; ; attempt++) {
+    const size = Number(f(p, n0, null, 0));
+    if (size < 0) throw sysError('lgetxattr', path, lastErrno(), { detail: `"${nb.toString('latin1')}"`, name: nb.toString('latin1') });
+    if (size === 0) return Buffer.alloc(0);
+    const buf = Buffer.alloc(size);
+    const n = Number(f(p, n0, buf, size));
+    if (n < 0) {
+      const e = lastErrno();
+      if (e === ERANGE && attempt < 8) continue; // value grew between the two calls
+      throw sysError('lgetxattr', path, e, { detail: `"${nb.toString('latin1')}"`, name: nb.toString('latin1') });
+    }
+    return buf.subarray(0, n);
+  }
+}
+
+/** Set xattr `name` of `path` to `value` (not following a final symlink). */
+export function lsetxattr(path: RawPath, name: XattrName, value: Buffer, flags = 0): void {
+  const f = fn('int lsetxattr(const void *path, const void *name, const void *value, size_t size, int flags)');
+  const nb = xattrNameBytes(name);
+  // An empty Buffer may be passed as a NULL pointer, which the kernel accepts for size 0.
+  const r = Number(f(cstr(path, 'path'), cstr(nb, 'name'), value.length ? value : Buffer.alloc(1), value.length, flags));
+  if (r < 0) throw sysError('lsetxattr', path, lastErrno(), { detail: `"${nb.toString('latin1')}"`, name: nb.toString('latin1') });
+}
+
+/** Remove xattr `name` of `path` (not following a final symlink). */
+export function lremovexattr(path: RawPath, name: XattrName): void {
+  const f = fn('int lremovexattr(const void *path, const void *name)');
+  const nb = xattrNameBytes(name);
+  const r = Number(f(cstr(path, 'path'), cstr(nb, 'name')));
+  if (r < 0) throw sysError('lremovexattr', path, lastErrno(), { detail: `"${nb.toString('latin1')}"`, name: nb.toString('latin1') });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device numbers and mknod
+// ---------------------------------------------------------------------------------------------
+
+/** glibc's makedev(): 12+20 bit major, 8+24 bit minor, split around each other in a 64-bit dev_t. */
+export function makedev(major: number, minor: number): bigint {
+  const ma = BigInt(major >>> 0);
+  const mi = BigInt(minor >>> 0);
+  return ((ma & 0xfffn) << 8n) | ((ma & 0xfffff000n) << 32n) | (mi & 0xffn) | ((mi & 0xffffff00n) << 12n);
+}
+/** glibc's major() of a dev_t. */
+export function devMajor(dev: bigint | number): number {
+  const d = BigInt(dev);
+  return Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & 0xfffff000n));
+}
+/** glibc's minor() of a dev_t. */
+export function devMinor(dev: bigint | number): number {
+  const d = BigInt(dev);
+  return Number((d & 0xffn) | ((d >> 12n) & 0xffffff00n));
+}
+
+export const S_IFIFO = 0o010000;
+export const S_IFCHR = 0o020000;
+export const S_IFBLK = 0o060000;
+export const S_IFREG = 0o100000;
+export const S_IFSOCK = 0o140000;
+
+/**
+ * mknod(2): create a node of `mode` (type bits S_IFCHR/S_IFBLK/S_IFIFO/S_IFSOCK/S_IFREG and
+ * permission bits, subject to umask) at `path`; major/minor are used for devices.
+ */
+export function mknod(path: RawPath, mode: number, major = 0, minor = 0): void {
+  const f = fn('int mknod(const void *path, uint32_t mode, uint64_t dev)');
+  const r = Number(f(cstr(path, 'path'), mode >>> 0, makedev(major, minor)));
+  if (r < 0) {
+    const detail = `mode 0${mode.toString(8)}${major || minor ? ` dev ${major}:${minor}` : ''}`;
+    throw sysError('mknod', path, lastErrno(), { detail, mode, major, minor });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timestamps with nanoseconds (Node's utimes/lutimes round to microseconds)
+// ---------------------------------------------------------------------------------------------
+
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const NS_PER_SEC = 1_000_000_000n;
+
+/** Split ns since the epoch into a normalized (sec, nsec ∈ [0, 1e9)) timespec. */
+export function nsToTimespec(ns: bigint): { sec: bigint; nsec: bigint } {
+  let sec = ns / NS_PER_SEC;
+  let nsec = ns % NS_PER_SEC;
+  if (nsec < 0n) {
+    nsec += NS_PER_SEC;
+    sec -= 1n;
+  }
+  return { sec, nsec };
+}
+
+/**
+ * utimensat(AT_FDCWD, path, [atime, mtime], AT_SYMLINK_NOFOLLOW): set atime/mtime with full
+ * nanosecond precision, on the link itself for a symlink. Times are ns since the epoch
+ * (negative before 1970).
+ */
+export function lutimens(path: RawPath, atimeNs: bigint, mtimeNs: bigint): void {
+  const f = fn('int utimensat(int dirfd, const void *path, const void *times, int flags)');
+  const ts = Buffer.alloc(32); // struct timespec[2] on LP64: { int64 tv_sec; int64 tv_nsec }
+  const a = nsToTimespec(atimeNs);
+  const m = nsToTimespec(mtimeNs);
+  ts.writeBigInt64LE(a.sec, 0);
+  ts.writeBigInt64LE(a.nsec, 8);
+  ts.writeBigInt64LE(m.sec, 16);
+  ts.writeBigInt64LE(m.nsec, 24);
+  const r = Number(f(AT_FDCWD, cstr(path, 'path'), ts, AT_SYMLINK_NOFOLLOW));
+  if (r < 0) throw sysError('utimensat', path, lastErrno(), { detail: `mtime ${m.sec}.${m.nsec.toString().padStart(9, '0')}` });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparse files: lseek(SEEK_DATA / SEEK_HOLE)
+// ---------------------------------------------------------------------------------------------
+
+export const SEEK_SET = 0;
+export const SEEK_CUR = 1;
+export const SEEK_END = 2;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+const ENXIO = 6;
+
+/**
+ * lseek(2) on an open fd. For SEEK_DATA/SEEK_HOLE, ENXIO (offset at or past the last data /
+ * end of file) is returned as -1 instead of thrown. `what` names the file in errors.
+ */
+export function lseek(fd: number, offset: number, whence: number, what: RawPath = `fd ${fd}`): number {
+  const f = fn('int64_t lseek(int fd, int64_t offset, int whence)');
+  const r = Number(f(fd, offset, whence));
+  if (r < 0) {
+    const e = lastErrno();
+    if (e === ENXIO && (whence === SEEK_DATA || whence === SEEK_HOLE)) return -1;
+    throw sysError('lseek', what, e, { detail: `offset ${offset} whence ${whence}`, fd, offset, whence });
+  }
+  return r;
+}
