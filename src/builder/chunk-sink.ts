@@ -26,6 +26,16 @@ interface Pending {
   size: number;
 }
 
+let sharedZero = Buffer.alloc(0);
+/** A read-only view of zeros: sources yield it for holes so the sink can skip hashing them. */
+export function zeroView(n: number): Buffer {
+  if (sharedZero.length < n) sharedZero = Buffer.alloc(Math.max(n, 1 << 20));
+  return sharedZero.subarray(0, n);
+}
+function isZeroView(b: Buffer): boolean {
+  return b.buffer === sharedZero.buffer && b.length > 0;
+}
+
 export function dedupKey(digest: Buffer, size: number): string {
   return digest.toString('hex') + ':' + size;
 }
@@ -39,6 +49,8 @@ export class ChunkSink {
   private inflight = 0;
   private waiters: (() => void)[] = [];
   private error: unknown = null;
+  /** processed all-zero chunk per size: holes of sparse files reuse it */
+  private readonly zeroChunks = new Map<number, Promise<ProcessedChunk>>();
 
   constructor(
     private readonly pool: ChunkPool,
@@ -64,6 +76,13 @@ export class ChunkSink {
       let off = 0;
       total += piece.length;
       if (total > inode.size) throw new NydusError('ERR_IO', `${where}: content is longer than its size ${inode.size}`, { path: where });
+      if (isZeroView(piece) && fill === 0 && piece.length === buf.length) {
+        // a whole chunk of hole: no copy, no hashing
+        await this.submit(inode, k++, piece, true);
+        const remaining = inode.size - k * cs;
+        buf = Buffer.allocUnsafe(Math.min(cs, Math.max(remaining, 1)));
+        continue;
+      }
       while (off < piece.length) {
         const n = Math.min(piece.length - off, buf.length - fill);
         piece.copy(buf, fill, off, off + n);
@@ -81,14 +100,21 @@ export class ChunkSink {
     this.stats.files++;
   }
 
-  private async submit(inode: Inode, k: number, data: Buffer): Promise<void> {
+  private async submit(inode: Inode, k: number, data: Buffer, zero = false): Promise<void> {
     if (this.error) throw this.error;
     while (this.inflight >= this.maxInflight) {
       await new Promise<void>((r) => this.waiters.push(r));
       if (this.error) throw this.error;
     }
     this.inflight++;
-    const result = this.pool.process(data, this.compressor, this.digester);
+    let result: Promise<ProcessedChunk>;
+    if (zero) {
+      let z = this.zeroChunks.get(data.length);
+      if (!z) this.zeroChunks.set(data.length, (z = this.pool.process(Buffer.alloc(data.length), this.compressor, this.digester)));
+      result = z;
+    } else {
+      result = this.pool.process(data, this.compressor, this.digester);
+    }
     result.catch(() => undefined); // surfaced by the commit loop
     this.queue.push({ result, inode, k, size: data.length });
     this.stats.bytesIn += data.length;

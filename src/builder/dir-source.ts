@@ -5,7 +5,8 @@
 import * as fs from 'node:fs';
 import { TreeNode, Inode, newInode, splitPath, nameKey } from '../tree/node';
 import { S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK } from '../format/constants';
-import { llistxattr, lgetxattr, devMajor, devMinor } from '../sys/native';
+import { llistxattr, lgetxattr, devMajor, devMinor, lseek, SEEK_DATA } from '../sys/native';
+import { zeroView } from './chunk-sink';
 import { NydusError } from '../errors';
 import { storableXattrs } from './xattrs';
 
@@ -13,6 +14,8 @@ export interface DirFile {
   path: Buffer;
   display: string;
   inode: Inode;
+  /** st_blocks (512-byte units), to spot sparse files */
+  blocks: number;
 }
 
 function join(a: Buffer, b: Buffer): Buffer {
@@ -114,7 +117,7 @@ export function scanDirectory(rootPath: string, prefetch: string[] = [], warn: (
           next.push({ node, path: p, rel });
         } else if (type === S_IFREG && !seenFiles.has(inode)) {
           seenFiles.add(inode);
-          files.push({ path: p, display: rootPath + rel, inode });
+          files.push({ path: p, display: rootPath + rel, inode, blocks: Number(cst.blocks) });
         }
       }
     }
@@ -137,15 +140,32 @@ export function scanDirectory(rootPath: string, prefetch: string[] = [], warn: (
   return { root, files };
 }
 
-/** Stream a file in chunk-sized reads (each a fresh buffer handed to the pipeline). */
-export async function* readFileChunks(p: Buffer, size: number, chunkSize: number, display: string): AsyncGenerator<Buffer> {
+/**
+ * Stream a file in chunk-sized reads (each a fresh buffer handed to the pipeline). Chunks that
+ * lie entirely in a hole of a sparse file are not read: they come as `zeroView(n)`.
+ */
+export async function* readFileChunks(p: Buffer, size: number, chunkSize: number, display: string, blocks?: number): AsyncGenerator<Buffer> {
   const fh = await fs.promises.open(p, 'r').catch((e: Error) => {
     throw new NydusError('ERR_IO', `${display}: cannot open: ${e.message}`, { path: display });
   });
+  // Only files with fewer allocated blocks than their size can have holes.
+  const sparse = blocks !== undefined && blocks * 512 < size;
+  let nextData = 0; // next offset known to hold data (SEEK_DATA), or Infinity past the last
   try {
     let pos = 0;
     while (pos < size) {
       const want = Math.min(chunkSize, size - pos);
+      if (sparse && nextData < pos + want) {
+        if (nextData < pos) {
+          const d = lseek(fh.fd, pos, SEEK_DATA, display);
+          nextData = d < 0 ? Infinity : d;
+        }
+      }
+      if (sparse && nextData >= pos + want) {
+        pos += want;
+        yield zeroView(want);
+        continue;
+      }
       const buf = Buffer.allocUnsafe(want);
       let got = 0;
       while (got < want) {

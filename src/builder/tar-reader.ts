@@ -11,6 +11,16 @@
  * Format" and "Sparse Formats"). Every input is treated as hostile: every length is bounded,
  * every header consumes at least one block (so parsing always progresses), and every failure
  * is a BadTarError whose message names the archive, the entry and the byte offset.
+ *
+ * Behaviour worth knowing:
+ * - the end of the archive is the first zero block; a missing trailer (clean EOF at a header
+ *   boundary) and a 0-byte input are accepted; up to 16 MiB after the end are read and ignored
+ *   (so a piping writer is not cut off and the gzip CRC of the last member is checked);
+ * - body bytes of non-file entries (hardlinks with data, GNU dumpdirs) are skipped;
+ * - unknown type flags read as regular files (POSIX); 'V' labels are skipped; 'M'/'N' fail;
+ * - text ACLs (SCHILY.acl.*) become system.posix_acl_* xattrs unless they name users or groups
+ *   without a numeric id (then they are left out); xattr records win over text ACLs;
+ * - gzip: concatenated members are read; trailing zero bytes are fine, other garbage fails.
  */
 import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
@@ -492,7 +502,9 @@ function parsePaxRecords(data: Buffer): PaxRecord[] {
     const rec = data.subarray(j + 1, i + len - 1);
     const eq = rec.indexOf(0x3d);
     if (eq <= 0) throw new FieldError(`extended header record at byte ${i} has no "key=" part`);
-    out.push({ key: rec.toString('utf8', 0, eq), value: rec.subarray(eq + 1) });
+    // Keys are kept as latin1 of the raw bytes: xattr names in SCHILY.xattr.<name> may be UTF-8
+    // (or anything), and the image stores names as raw bytes.
+    out.push({ key: rec.toString('latin1', 0, eq), value: rec.subarray(eq + 1) });
     i += len;
   }
   return out;
@@ -505,11 +517,11 @@ function percentDecode(s: string): string {
       bytes.push(parseInt(s.slice(i + 1, i + 3), 16));
       i += 3;
     } else {
-      for (const b of Buffer.from(s[i], 'utf8')) bytes.push(b);
+      for (const b of Buffer.from(s[i], 'latin1')) bytes.push(b);
       i++;
     }
   }
-  return Buffer.from(bytes).toString('utf8');
+  return Buffer.from(bytes).toString('latin1');
 }
 
 // POSIX ACL xattr encoding (linux/posix_acl_xattr.h): version 2, then {u16 tag, u16 perm, u32 id}.

@@ -58,15 +58,26 @@ function ustarHeader(name: Buffer, type: string, mode: number, uid: number, gid:
   return h;
 }
 
-/** Header block(s) for one entry: an optional pax header + data, then the ustar header. */
-export function tarHeader(f: TarHeaderFields): Buffer {
+/**
+ * Header block(s) for one entry: an optional pax header + data, then the ustar header.
+ * `sparse` writes a PAX 1.0 sparse file header: the caller then writes `sparse.mapBlock`
+ * followed by the data regions (the ustar size covers both).
+ */
+export function tarHeader(f: TarHeaderFields, sparse?: { dataBytes: number; mapBlock: Buffer }): Buffer {
   const recs: Buffer[] = [];
   const link = f.linkpath ?? Buffer.alloc(0);
-  if (f.path.length > 100 || !isAscii(f.path)) recs.push(paxRecord('path', f.path));
+  let headerPath = f.path;
+  if (sparse) {
+    recs.push(paxRecord('GNU.sparse.major', Buffer.from('1')), paxRecord('GNU.sparse.minor', Buffer.from('0')));
+    recs.push(paxRecord('GNU.sparse.name', f.path), paxRecord('GNU.sparse.realsize', Buffer.from(String(f.size))));
+    const slash = f.path.lastIndexOf(0x2f, f.path.length - 1);
+    headerPath = Buffer.concat([f.path.subarray(0, slash + 1), Buffer.from('GNUSparseFile.0/'), f.path.subarray(slash + 1)]);
+    if (headerPath.length > 100 || !isAscii(headerPath)) headerPath = Buffer.from('GNUSparseFile.0/long-name');
+  } else if (f.path.length > 100 || !isAscii(f.path)) recs.push(paxRecord('path', f.path));
   if (link.length > 100 || (link.length && !isAscii(link))) recs.push(paxRecord('linkpath', link));
   if (f.uid > MAX_OCTAL7) recs.push(paxRecord('uid', Buffer.from(String(f.uid))));
   if (f.gid > MAX_OCTAL7) recs.push(paxRecord('gid', Buffer.from(String(f.gid))));
-  if (f.size > MAX_OCTAL11) recs.push(paxRecord('size', Buffer.from(String(f.size))));
+  if (!sparse && f.size > MAX_OCTAL11) recs.push(paxRecord('size', Buffer.from(String(f.size))));
   if (f.mtimeNsec !== 0 || f.mtime < 0 || f.mtime > MAX_OCTAL11) {
     // pax mtime is a decimal with an optional fraction; negative times keep the sign on the whole value
     const ns = BigInt(f.mtime) * 1_000_000_000n + BigInt(f.mtimeNsec);
@@ -80,6 +91,8 @@ export function tarHeader(f: TarHeaderFields): Buffer {
   for (const [k, v] of [...(f.xattrs ?? new Map<string, Buffer>())].sort(([a], [b]) => (a < b ? -1 : 1))) {
     recs.push(Buffer.concat([paxRecord(`SCHILY.xattr.${Buffer.from(k, 'latin1').toString('latin1')}`, v)]));
   }
+  const stored0 = sparse ? sparse.mapBlock.length + sparse.dataBytes : f.type === '0' ? f.size : 0;
+  if (sparse && stored0 > MAX_OCTAL11) recs.push(paxRecord('size', Buffer.from(String(stored0))));
   const parts: Buffer[] = [];
   if (recs.length) {
     const data = Buffer.concat(recs);
@@ -87,8 +100,15 @@ export function tarHeader(f: TarHeaderFields): Buffer {
     parts.push(ustarHeader(paxName.subarray(0, 100), 'x', 0o644, 0, 0, data.length, Math.max(0, f.mtime), Buffer.alloc(0), 0, 0));
     parts.push(data, Buffer.alloc(padLen(data.length)));
   }
-  parts.push(ustarHeader(f.path, f.type, f.mode, f.uid, f.gid, f.type === '0' ? f.size : 0, f.mtime, link, f.devMajor ?? 0, f.devMinor ?? 0));
+  parts.push(ustarHeader(headerPath, f.type, f.mode, f.uid, f.gid, stored0, f.mtime, link, f.devMajor ?? 0, f.devMinor ?? 0));
   return Buffer.concat(parts);
+}
+
+/** The PAX 1.0 sparse map that precedes the data: count, then offset/size pairs, 512-padded. */
+export function sparseMapBlock(regions: { offset: number; length: number }[]): Buffer {
+  const text = [String(regions.length), ...regions.flatMap((r) => [String(r.offset), String(r.length)])].join('\n') + '\n';
+  const b = Buffer.from(text, 'latin1');
+  return Buffer.concat([b, Buffer.alloc(padLen(b.length))]);
 }
 
 export function padLen(n: number): number {

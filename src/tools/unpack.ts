@@ -6,7 +6,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openImage } from './image';
-import { tarHeader, padLen, TAR_TRAILER, TarHeaderFields } from './tar-writer';
+import { tarHeader, padLen, TAR_TRAILER, TarHeaderFields, sparseMapBlock } from './tar-writer';
+import { digest } from '../codec/digest';
+import { DigesterName } from '../format/constants';
 import { walkTree, Inode, isDir, isReg, isSymlink, isChr, isBlk, isFifo, isSock } from '../tree/node';
 import { readBlobMeta } from '../blob/blob-meta';
 import { LocalBlobFile, decodeChunk } from '../blob/local-blob';
@@ -19,6 +21,14 @@ export interface UnpackReport {
   entries: number;
   bytes: number;
   skipped_sockets: number;
+}
+
+const zeroDigests = new Map<string, Buffer>();
+function zeroDigest(algo: DigesterName, size: number): Buffer {
+  const k = `${algo}:${size}`;
+  let d = zeroDigests.get(k);
+  if (!d) zeroDigests.set(k, (d = digest(algo, Buffer.alloc(size))));
+  return d;
 }
 
 export async function unpackImage(bootstrap: string, blobDir: string | undefined, output: string, onProgress?: (bytes: number) => void): Promise<UnpackReport> {
@@ -73,17 +83,38 @@ export async function unpackImage(bootstrap: string, blobDir: string | undefined
       else if (isChr(i) || isBlk(i)) write(tarHeader({ ...base, type: isChr(i) ? '3' : '4', devMajor: i.rdevMajor, devMinor: i.rdevMinor }));
       else if (isFifo(i)) write(tarHeader({ ...base, type: '6' }));
       else if (isReg(i)) {
-        write(tarHeader({ ...base, type: '0', size: i.size }));
-        for (const c of i.chunks) {
+        // All-zero chunks become holes (PAX 1.0 sparse file), so sparse files stay small.
+        const zero = i.chunks.map((c) => c.digest.equals(zeroDigest(boot.digester, c.uncompressedSize)));
+        const holes = zero.filter(Boolean).length;
+        let dataChunks = i.chunks;
+        if (holes > 0) {
+          const regions: { offset: number; length: number }[] = [];
+          i.chunks.forEach((c, k) => {
+            if (zero[k]) return;
+            const last = regions[regions.length - 1];
+            if (last && last.offset + last.length === c.fileOffset) last.length += c.uncompressedSize;
+            else regions.push({ offset: c.fileOffset, length: c.uncompressedSize });
+          });
+          if (zero[zero.length - 1]) regions.push({ offset: i.size, length: 0 });
+          const dataBytes = regions.reduce((n, r) => n + r.length, 0);
+          write(tarHeader({ ...base, type: '0', size: i.size }, { dataBytes, mapBlock: sparseMapBlock(regions) }));
+          write(sparseMapBlock(regions));
+          dataChunks = i.chunks.filter((_, k) => !zero[k]);
+        } else {
+          write(tarHeader({ ...base, type: '0', size: i.size }));
+        }
+        let stored = 0;
+        for (const c of dataChunks) {
           const { f, ci } = await blobOf(c.blobIndex);
           const bc = ci.get(c.ciIndex);
           if (!bc) throw new NydusError('ERR_BAD_BLOB', `${p}: chunk ci ${c.ciIndex} missing in blob ${boot.blobs[c.blobIndex].blobId}`);
           const digest = c.digest.some((x) => x !== 0) ? c.digest : undefined;
           const data = decodeChunk(boot.blobs[c.blobIndex], bc, f.readAtSync(bc.compressedOffset, bc.compressedSize), digest);
           write(data);
+          stored += data.length;
           onProgress?.(pos);
         }
-        write(Buffer.alloc(padLen(i.size)));
+        write(Buffer.alloc(padLen(stored + (holes > 0 ? 0 : 0))));
       }
       entries++;
     }
