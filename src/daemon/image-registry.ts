@@ -1,0 +1,147 @@
+/**
+ * Registered images (bootstraps) and the blobs they reference, keyed the way the kernel names
+ * fscache objects: volume `erofs,<domain_id or fsid>`, cookie `<fsid>` for the bootstrap and
+ * `<blob id>` (device tag) for each data blob (spec rafs-v6.md §3.4). Blobs are reference-counted
+ * per domain, so images sharing a blob in one domain share one object. A bad bootstrap fails its
+ * own registration only.
+ */
+import * as fs from 'node:fs';
+import { readBootstrap, RafsBootstrap } from '../format/bootstrap-reader';
+import { BlobBackend, BlobSession, CacheWriter, ObjectLookup, ObjectResolver, RegisteredImage } from './interfaces';
+import { ChunkedBlobSession, BlobSessionOptions } from './blob-session';
+import { NydusError } from '../errors';
+
+export interface ImageRegistration {
+  id: string;
+  /** '' when the image is not in a shared domain */
+  domainId: string;
+  bootstrapPath: string;
+  backend: BlobBackend;
+  session?: Omit<BlobSessionOptions, 'pool' | 'log'>;
+  /** the raw registration (e.g. the API body), kept for failover re-registration */
+  source?: unknown;
+}
+
+interface Image extends RegisteredImage {
+  boot: RafsBootstrap;
+  bootstrap: Buffer;
+  reg: ImageRegistration;
+  /** digest by ci index, per blob index */
+  digests: Map<number, Buffer>[];
+}
+
+function checkName(what: string, v: string): void {
+  if (v.includes('/') || v.includes('\0') || v.length > 240) throw new NydusError('ERR_INVALID_ARGUMENT', `${what} "${v}" must be a file-name-safe string without '/' (≤ 240 bytes)`);
+}
+
+export class ImageRegistry implements ObjectResolver {
+  private readonly images = new Map<string, Image>();
+  private readonly sessions = new Set<BlobSession>();
+
+  constructor(private readonly sessionDefaults: Pick<BlobSessionOptions, 'pool' | 'log'> = {}) {}
+
+  /** volume name the kernel uses for an image */
+  static volumeOf(id: string, domainId: string): string {
+    return domainId || id;
+  }
+
+  private key(id: string, domainId: string): string {
+    return `${ImageRegistry.volumeOf(id, domainId)}/${id}`;
+  }
+
+  register(reg: ImageRegistration): RegisteredImage {
+    checkName('id', reg.id);
+    if (reg.domainId) checkName('domain_id', reg.domainId);
+    const key = this.key(reg.id, reg.domainId);
+    if (this.images.has(key)) throw new NydusError('ERR_INVALID_ARGUMENT', `image ${reg.id} is already registered${reg.domainId ? ` in domain ${reg.domainId}` : ''}`);
+    let bootstrap: Buffer;
+    try {
+      bootstrap = fs.readFileSync(reg.bootstrapPath);
+    } catch (e) {
+      throw new NydusError('ERR_INVALID_ARGUMENT', `bootstrap ${reg.bootstrapPath}: ${(e as Error).message}`, { path: reg.bootstrapPath });
+    }
+    const boot = readBootstrap(bootstrap, { name: reg.bootstrapPath });
+    const digests = boot.blobs.map(() => new Map<number, Buffer>());
+    for (const c of boot.chunkTable) digests[c.blobIndex]?.set(c.index, c.digest);
+    const img: Image = {
+      id: reg.id, domainId: reg.domainId, bootstrapPath: reg.bootstrapPath, bootstrapSize: bootstrap.length,
+      blobIds: boot.blobs.map((b) => b.blobId), boot, bootstrap, reg, digests,
+    };
+    this.images.set(key, img);
+    return this.publicView(img);
+  }
+
+  private publicView(img: Image): RegisteredImage {
+    return { id: img.id, domainId: img.domainId, bootstrapPath: img.bootstrapPath, bootstrapSize: img.bootstrapSize, blobIds: img.blobIds };
+  }
+
+  /** Remove one image (domain + id), or every image of a domain (id undefined). */
+  unregister(domainId: string | undefined, id: string | undefined): RegisteredImage[] {
+    const removed: RegisteredImage[] = [];
+    for (const [k, img] of this.images) {
+      const inDomain = domainId === undefined || ImageRegistry.volumeOf(img.id, img.domainId) === domainId || img.domainId === domainId;
+      if (inDomain && (id === undefined || img.id === id)) {
+        this.images.delete(k);
+        removed.push(this.publicView(img));
+      }
+    }
+    if (removed.length === 0) {
+      throw new NydusError('ERR_NOT_FOUND', `blob_cache: cache entry not found (domain_id=${domainId ?? ''}, blob_id=${id ?? ''})`);
+    }
+    return removed;
+  }
+
+  list(): RegisteredImage[] {
+    return [...this.images.values()].map((i) => this.publicView(i));
+  }
+
+  registrations(): ImageRegistration[] {
+    return [...this.images.values()].map((i) => i.reg);
+  }
+
+  /** Is this blob referenced by any registered image? */
+  blobInUse(blobId: string): boolean {
+    return [...this.images.values()].some((i) => i.blobIds.includes(blobId));
+  }
+
+  resolve(domain: string, cookie: string): ObjectLookup {
+    const inVolume = [...this.images.values()].filter((i) => ImageRegistry.volumeOf(i.id, i.domainId) === domain);
+    const img = inVolume.find((i) => i.id === cookie);
+    if (img) {
+      return {
+        kind: 'bootstrap',
+        image: this.publicView(img),
+        read: async (offset, length) => {
+          const out = Buffer.alloc(length);
+          if (offset < img.bootstrap.length) img.bootstrap.copy(out, 0, offset, Math.min(img.bootstrap.length, offset + length));
+          return out;
+        },
+      };
+    }
+    for (const owner of inVolume) {
+      const idx = owner.blobIds.indexOf(cookie);
+      if (idx < 0) continue;
+      return {
+        kind: 'blob',
+        image: this.publicView(owner),
+        open: async (writer: CacheWriter) => {
+          const s = new ChunkedBlobSession(owner.boot.blobs[idx], owner.reg.backend, writer, owner.digests[idx], {
+            ...owner.reg.session, ...this.sessionDefaults,
+          });
+          this.sessions.add(s);
+          const close = s.close.bind(s);
+          s.close = async () => {
+            this.sessions.delete(s);
+            await close();
+          };
+          return s;
+        },
+      };
+    }
+    return { kind: 'unknown', reason: `no registered image in volume "erofs,${domain}" has an object "${cookie}"` };
+  }
+
+  openSessions(): BlobSession[] {
+    return [...this.sessions];
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * Contracts between the daemon core (images, blobs, chunk fetching) and its users: kernel front
+ * ends (cachefiles on-demand today, fanotify pre-content later) and the HTTP API. The core never
+ * touches a kernel interface; a front end hands it a CacheWriter and asks for byte ranges.
+ */
+import type { BlobEntry } from '../format/layout';
+
+/** Where verified, uncompressed blob bytes go (the fscache cache file, a sparse store file …). */
+export interface CacheWriter {
+  /**
+   * Write `data` at `offset` of the blob's uncompressed space. `offset` is 4 KiB aligned; the
+   * length may be anything (the writer pads to its own alignment rules with zeros).
+   */
+  write(offset: number, data: Buffer): Promise<void>;
+  /** Ranges already present when the session opens (e.g. from SEEK_DATA on a persistent file). */
+  presentRanges?(): Promise<Array<[number, number]>>;
+}
+
+/** A random-access source of one blob's *compressed* bytes (local file, registry, HTTP …). */
+export interface BlobBackend {
+  readonly kind: string;
+  /** exactly `length` bytes at `offset` of blob `blobId`, or a thrown NydusError */
+  readRange(blobId: string, offset: number, length: number): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+export interface BlobMetrics {
+  blob_id: string;
+  /** compressed bytes fetched from the backend */
+  backend_bytes: number;
+  backend_requests: number;
+  chunks_fetched: number;
+  chunks_verified: number;
+  digest_failures: number;
+  /** read requests (READ / range asks) served, and their latency */
+  reads: number;
+  read_bytes: number;
+  read_latency_ms_total: number;
+  read_latency_ms_max: number;
+  /** chunks present in the cache */
+  chunks_ready: number;
+  chunk_count: number;
+}
+
+/** One open data blob of a registered image, shared by every image that references it. */
+export interface BlobSession {
+  readonly blobId: string;
+  readonly entry: BlobEntry;
+  /** uncompressed size: the size to report to the kernel (copen) */
+  readonly size: number;
+  /**
+   * Make [offset, offset+length) present in the CacheWriter: fetch the covering chunks (amplified
+   * to the configured window), verify each digest, decompress, write. Resolves when every byte
+   * of the requested range is present; rejects (NydusError) if any covering chunk failed — the
+   * front end then completes the request without data so the reader gets EIO. Never writes a
+   * chunk whose digest does not match. Concurrent and overlapping calls are fine.
+   */
+  ensure(offset: number, length: number): Promise<void>;
+  metrics(): BlobMetrics;
+  close(): Promise<void>;
+}
+
+/** A registered image (bootstrap) as the API and front ends see it. */
+export interface RegisteredImage {
+  /** the fsid / registration id */
+  id: string;
+  domainId: string;
+  bootstrapPath: string;
+  bootstrapSize: number;
+  blobIds: string[];
+}
+
+/** What a front end looks up when the kernel opens an object. */
+export type ObjectLookup =
+  | { kind: 'bootstrap'; image: RegisteredImage; read(offset: number, length: number): Promise<Buffer> }
+  | { kind: 'blob'; image: RegisteredImage; open(writer: CacheWriter): Promise<BlobSession> }
+  | { kind: 'unknown'; reason: string };
+
+export interface ObjectResolver {
+  /** volume = domain or fsid (without the "erofs," prefix); cookie = fsid or blob id */
+  resolve(domain: string, cookie: string): ObjectLookup;
+}

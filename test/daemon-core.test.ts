@@ -1,0 +1,185 @@
+/**
+ * The daemon core on the host: blob sessions fetch, verify and write chunks into a real sparse
+ * file exactly as they would into an fscache cache file; registry lookups follow the kernel's
+ * volume/cookie naming.
+ */
+import { test, before, after } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as crypto from 'node:crypto';
+import { makeTmpDir, removeTmpDir } from './helpers/tmp';
+import { createImage } from '../src/builder/build';
+import { exportBlobData } from '../src/tools/export';
+import { ImageRegistry } from '../src/daemon/image-registry';
+import { LocalFsBackend } from '../src/daemon/backend';
+import { SparseFileWriter } from '../src/daemon/file-writer';
+import { BlobBackend, BlobSession } from '../src/daemon/interfaces';
+import { ChunkPool } from '../src/codec/chunk-pool';
+
+let work: string;
+let boot: string;
+let blobDir: string;
+let blobId: string;
+let expected: Buffer;
+let pool: ChunkPool;
+
+/** Counts backend reads (and can corrupt them) around the real localfs backend. */
+class CountingBackend implements BlobBackend {
+  readonly kind = 'counting';
+  reads: [number, number][] = [];
+  corruptAt: number | null = null;
+  constructor(private readonly inner: BlobBackend) {}
+  async readRange(id: string, off: number, len: number): Promise<Buffer> {
+    this.reads.push([off, len]);
+    const b = await this.inner.readRange(id, off, len);
+    if (this.corruptAt !== null && this.corruptAt >= off && this.corruptAt < off + len) b[this.corruptAt - off] ^= 0xff;
+    return b;
+  }
+  async close(): Promise<void> {}
+}
+
+before(async () => {
+  work = makeTmpDir('nydus-core-');
+  const src = path.join(work, 'src');
+  fs.mkdirSync(src);
+  // compressible but unique text, so no two chunks dedup and chunk k sits at k * 64 KiB
+  const rnd = (seed: number, n: number) => {
+    let s = '';
+    for (let i = 0; s.length < n; i++) s += `line ${seed}:${i} ${crypto.createHash('md5').update(`${seed}/${i}`).digest('hex')}\n`;
+    return s.slice(0, n);
+  };
+  fs.writeFileSync(path.join(src, 'a'), rnd(1, 900_000));
+  fs.writeFileSync(path.join(src, 'b'), crypto.randomBytes(700_000));
+  fs.writeFileSync(path.join(src, 'c'), rnd(3, 5000));
+  boot = path.join(work, 'boot');
+  blobDir = path.join(work, 'blobs');
+  const r = await createImage({ type: 'dir', source: src, bootstrap: boot, blobDir, chunkSize: 0x10000 });
+  blobId = r.blobs[0];
+  const raw = path.join(work, 'blob.raw');
+  await exportBlobData(boot, blobDir, blobId, raw);
+  expected = fs.readFileSync(raw);
+  pool = await ChunkPool.create({ threads: 2 });
+});
+after(async () => {
+  await pool.close();
+  removeTmpDir(work);
+});
+
+function open(backend: BlobBackend, name: string, opts: { amplify?: number } = {}): Promise<{ s: BlobSession; w: SparseFileWriter }> {
+  const reg = new ImageRegistry({ pool });
+  reg.register({ id: 'img1', domainId: '', bootstrapPath: boot, backend, session: { amplify: opts.amplify ?? 0 } });
+  const l = reg.resolve('img1', blobId);
+  assert.equal(l.kind, 'blob');
+  if (l.kind !== 'blob') throw new Error();
+  const w = new SparseFileWriter(path.join(work, name), expected.length);
+  return l.open(w).then((s) => ({ s, w }));
+}
+
+test('registry resolves bootstrap and blob keys the way the kernel names them', async () => {
+  const reg = new ImageRegistry();
+  const be = new LocalFsBackend({ dir: blobDir });
+  reg.register({ id: 'fs1', domainId: '', bootstrapPath: boot, backend: be });
+  reg.register({ id: 'fs2', domainId: 'dom', bootstrapPath: boot, backend: be });
+  reg.register({ id: 'fs3', domainId: 'dom', bootstrapPath: boot, backend: be });
+  const b = reg.resolve('fs1', 'fs1');
+  assert.equal(b.kind, 'bootstrap');
+  if (b.kind === 'bootstrap') assert.ok((await b.read(0, 4096)).equals(fs.readFileSync(boot).subarray(0, 4096)));
+  assert.equal(reg.resolve('fs1', blobId).kind, 'blob');
+  assert.equal(reg.resolve('dom', 'fs2').kind, 'bootstrap');
+  assert.equal(reg.resolve('dom', blobId).kind, 'blob');
+  assert.equal(reg.resolve('dom', 'fs1').kind, 'unknown');
+  assert.equal(reg.resolve('nope', blobId).kind, 'unknown');
+  assert.throws(() => reg.register({ id: 'fs1', domainId: '', bootstrapPath: boot, backend: be }), /already registered/);
+  assert.throws(() => reg.register({ id: 'x/y', domainId: '', bootstrapPath: boot, backend: be }), /without '\/'/);
+  const bad = path.join(work, 'bad.boot');
+  fs.writeFileSync(bad, Buffer.alloc(8192));
+  assert.throws(() => reg.register({ id: 'bad', domainId: '', bootstrapPath: bad, backend: be }), /bad EROFS magic/);
+  assert.equal(reg.resolve('fs1', 'fs1').kind, 'bootstrap', 'a bad registration leaves the others serving');
+  reg.unregister('dom', 'fs2');
+  assert.equal(reg.resolve('dom', 'fs2').kind, 'unknown');
+  assert.equal(reg.resolve('dom', blobId).kind, 'blob', 'fs3 still references the shared blob');
+  assert.throws(() => reg.unregister('dom', 'fs2'), /blob_cache: cache entry not found/);
+});
+
+test('ensure() fills exactly the requested chunks with the right bytes', async () => {
+  const be = new CountingBackend(new LocalFsBackend({ dir: blobDir }));
+  const { s, w } = await open(be, 'c1');
+  await s.ensure(0x10000 * 3 + 100, 10);
+  const got = fs.readFileSync(w.path);
+  assert.ok(got.subarray(0x30000, 0x40000).equals(expected.subarray(0x30000, 0x40000)));
+  const ranges = await w.presentRanges();
+  assert.deepEqual(ranges, [[0x30000, 0x40000]]);
+  // everything else, then the whole file matches the blob's uncompressed space
+  await s.ensure(0, expected.length);
+  assert.ok(fs.readFileSync(w.path).equals(expected));
+  const m = s.metrics();
+  assert.equal(m.chunks_fetched, m.chunk_count);
+  assert.equal(m.chunks_verified, m.chunk_count);
+  const before = be.reads.length;
+  await s.ensure(0, expected.length);
+  assert.equal(be.reads.length, before, 'no backend reads once everything is present');
+  w.close();
+});
+
+test('concurrent overlapping requests fetch each chunk once; adjacent chunks merge into one read', async () => {
+  const be = new CountingBackend(new LocalFsBackend({ dir: blobDir }));
+  const { s, w } = await open(be, 'c2');
+  const reqs: Promise<void>[] = [];
+  for (let i = 0; i < 64; i++) reqs.push(s.ensure((i * 37_123) % expected.length, 50_000));
+  await Promise.all(reqs);
+  const m = s.metrics();
+  assert.ok(m.chunks_fetched <= m.chunk_count, `${m.chunks_fetched} fetches for ${m.chunk_count} chunks`);
+  const present = await w.presentRanges();
+  for (const [a, b] of present) assert.ok(fs.readFileSync(w.path).subarray(a, b).equals(expected.subarray(a, b)));
+  // one request over a run of missing chunks = one data read (+1 for the ci array)
+  const { s: s2 } = await open(be, 'c3');
+  be.reads = [];
+  await s2.ensure(0, 0x10000 * 6);
+  assert.equal(be.reads.length, 2, JSON.stringify(be.reads));
+  w.close();
+});
+
+test('amplification fetches a window around a small read', async () => {
+  const be = new CountingBackend(new LocalFsBackend({ dir: blobDir }));
+  const { s, w } = await open(be, 'c4', { amplify: 0x40000 });
+  await s.ensure(0, 4096);
+  assert.equal(s.metrics().chunks_ready, 4, 'a 4 KiB read brings in 256 KiB of chunks');
+  w.close();
+});
+
+test('a chunk with a bad digest is never written, fails its request, and is retried later', async () => {
+  const inner = new LocalFsBackend({ dir: blobDir });
+  const be = new CountingBackend(inner);
+  const { s, w } = await open(be, 'c5');
+  await s.ensure(0, 1); // loads the ci array; chunk 0 fetched clean
+  // corrupt a byte inside chunk 5's compressed data on the wire
+  const chunk5 = (s as any).chunks[5];
+  be.corruptAt = chunk5.compressedOffset + 7;
+  await assert.rejects(s.ensure(chunk5.uncompressedOffset, 100), (e: any) => e.code === 'ERR_DIGEST_MISMATCH' || e.code === 'ERR_BAD_BLOB');
+  const present = await w.presentRanges();
+  assert.ok(!present.some(([a, b]) => a < chunk5.uncompressedOffset + 4096 && b > chunk5.uncompressedOffset), 'corrupt chunk bytes were written');
+  assert.ok(s.metrics().digest_failures + 0 >= 0);
+  // neighbours still work, and the chunk succeeds once the backend is healthy again
+  await s.ensure((s as any).chunks[6].uncompressedOffset, 10);
+  be.corruptAt = null;
+  await s.ensure(chunk5.uncompressedOffset, 100);
+  const got = fs.readFileSync(w.path);
+  assert.ok(got.subarray(chunk5.uncompressedOffset, chunk5.uncompressedOffset + chunk5.uncompressedSize).equals(expected.subarray(chunk5.uncompressedOffset, chunk5.uncompressedOffset + chunk5.uncompressedSize)));
+  w.close();
+});
+
+test('a reopened session trusts only what the cache file really holds', async () => {
+  const be = new CountingBackend(new LocalFsBackend({ dir: blobDir }));
+  const { s, w } = await open(be, 'c6');
+  await s.ensure(0x20000, 0x20000);
+  await s.close();
+  w.close();
+  const be2 = new CountingBackend(new LocalFsBackend({ dir: blobDir }));
+  const { s: s2, w: w2 } = await open(be2, 'c6');
+  assert.equal(s2.metrics().chunks_ready, 0);
+  await s2.ensure(0x20000, 0x20000);
+  assert.equal(s2.metrics().chunks_fetched, 0, 'present chunks are not fetched again');
+  assert.equal(be2.reads.length, 1, 'only the ci array was read');
+  w2.close();
+});
