@@ -1,0 +1,153 @@
+/**
+ * worker_threads entry for ChunkPool (chunk-pool.ts). Protocol, one message per task:
+ *
+ *   main → worker  { id, op: 'process', data, compressor, digester }
+ *                  { id, op: 'decompress', data, compressor, compressed, uncompressedSize,
+ *                    digester, expected }
+ *   worker → main  { type: 'ready' } once, after the BLAKE3 module is loaded
+ *                  { type: 'result', id, ok: true, digest?, data, compressed? }
+ *                  { type: 'result', id, ok: false, error: SerializedError }
+ *
+ * Every Uint8Array sent back owns its whole ArrayBuffer and is transferred, never cloned.
+ */
+import { parentPort } from 'node:worker_threads';
+import { NydusError, DigestMismatchError } from '../errors';
+import type { CompressorName, DigesterName } from '../format/constants';
+import { compressChunk, decompressChunk } from './compress';
+import { digest, digestReady } from './digest';
+
+export interface ProcessRequest {
+  id: number;
+  op: 'process';
+  data: Uint8Array;
+  compressor: CompressorName;
+  digester: DigesterName;
+}
+
+export interface DecompressRequest {
+  id: number;
+  op: 'decompress';
+  data: Uint8Array;
+  compressor: CompressorName;
+  compressed: boolean;
+  uncompressedSize: number;
+  digester: DigesterName | null;
+  expected: Uint8Array | null;
+}
+
+/** Test hook: makes the worker exit abruptly, to exercise the pool's crash recovery. */
+export interface CrashRequest {
+  id: number;
+  op: 'crash';
+}
+
+export type WorkerRequest = ProcessRequest | DecompressRequest | CrashRequest;
+
+export interface SerializedError {
+  name: string;
+  code?: string;
+  message: string;
+  context?: Record<string, unknown>;
+  stack?: string;
+}
+
+export type WorkerMessage =
+  | { type: 'ready' }
+  | { type: 'result'; id: number; ok: true; digest?: Uint8Array; data: Uint8Array; compressed?: boolean }
+  | { type: 'result'; id: number; ok: false; error: SerializedError };
+
+/** Returns a view that owns its entire ArrayBuffer (copying if needed), so it can be transferred. */
+export function owned(u8: Uint8Array): Uint8Array {
+  if (u8.byteOffset === 0 && u8.byteLength === u8.buffer.byteLength && u8.buffer instanceof ArrayBuffer) return u8;
+  const copy = new Uint8Array(new ArrayBuffer(u8.byteLength));
+  copy.set(u8);
+  return copy;
+}
+
+function asBuffer(u8: Uint8Array): Buffer {
+  return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
+}
+
+export function serializeError(err: unknown): SerializedError {
+  if (err instanceof NydusError) {
+    let context: Record<string, unknown> | undefined = err.context;
+    try {
+      structuredClone(context);
+    } catch {
+      context = undefined;
+    }
+    return { name: err.name, code: err.code, message: err.message, context, stack: err.stack };
+  }
+  if (err instanceof Error) return { name: err.name, message: err.message, stack: err.stack };
+  return { name: 'Error', message: String(err) };
+}
+
+function handleProcess(req: ProcessRequest): WorkerMessage & { ok: true } {
+  const input = asBuffer(req.data);
+  const d = digest(req.digester, input);
+  const c = compressChunk(req.compressor, input);
+  return { type: 'result', id: req.id, ok: true, digest: owned(d), data: owned(c.data), compressed: c.compressed };
+}
+
+function handleDecompress(req: DecompressRequest): WorkerMessage & { ok: true } {
+  const input = asBuffer(req.data);
+  const out = decompressChunk(req.compressor, input, req.compressed, req.uncompressedSize);
+  if (req.digester && req.expected) {
+    const actual = digest(req.digester, out);
+    const expected = asBuffer(req.expected);
+    if (!actual.equals(expected)) {
+      throw new DigestMismatchError(
+        `chunk ${req.digester} digest mismatch: expected ${expected.toString('hex')}, got ${actual.toString('hex')}`,
+        { digester: req.digester, expected: expected.toString('hex'), actual: actual.toString('hex'), uncompressedSize: req.uncompressedSize },
+      );
+    }
+  }
+  return { type: 'result', id: req.id, ok: true, data: owned(out) };
+}
+
+function transferList(msg: WorkerMessage): ArrayBuffer[] {
+  if (msg.type !== 'result' || !msg.ok) return [];
+  const list: ArrayBuffer[] = [];
+  const add = (u8: Uint8Array | undefined): void => {
+    if (u8 && u8.buffer instanceof ArrayBuffer && u8.buffer.byteLength > 0 && !list.includes(u8.buffer)) list.push(u8.buffer);
+  };
+  add(msg.digest);
+  add(msg.data);
+  return list;
+}
+
+if (parentPort) {
+  const port = parentPort;
+  const ready = digestReady();
+  port.on('message', (req: WorkerRequest) => {
+    void ready.then(
+      () => {
+        let msg: WorkerMessage;
+        try {
+          switch (req.op) {
+            case 'process':
+              msg = handleProcess(req);
+              break;
+            case 'decompress':
+              msg = handleDecompress(req);
+              break;
+            case 'crash':
+              process.exit(70);
+            default:
+              throw new NydusError('ERR_INVALID_ARGUMENT', `chunk worker: unknown op ${JSON.stringify((req as { op: unknown }).op)}`);
+          }
+        } catch (err) {
+          msg = { type: 'result', id: req.id, ok: false, error: serializeError(err) };
+        }
+        port.postMessage(msg, transferList(msg));
+      },
+      (err: unknown) => {
+        port.postMessage({ type: 'result', id: req.id, ok: false, error: serializeError(err) } satisfies WorkerMessage);
+      },
+    );
+  });
+  void ready.then(
+    () => port.postMessage({ type: 'ready' } satisfies WorkerMessage),
+    () => port.postMessage({ type: 'ready' } satisfies WorkerMessage), // tasks will report the init error
+  );
+}
