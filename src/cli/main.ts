@@ -14,6 +14,7 @@ import { unpackImage } from '../tools/unpack';
 import { NydusError } from '../errors';
 import { Progress, human } from './progress';
 import { CompressorName, DigesterName } from '../format/constants';
+import { addDaemonCommands } from './daemon-commands';
 
 function emitJson(target: string | undefined, value: unknown): void {
   if (!target) return;
@@ -211,6 +212,7 @@ export function buildProgram(): Command {
       emitJson(o.outputJson, r);
     });
 
+  addDaemonCommands(program);
   return program;
 }
 

@@ -40,6 +40,11 @@ export class ImageRegistry implements ObjectResolver {
 
   constructor(private readonly sessionDefaults: Pick<BlobSessionOptions, 'pool' | 'log'> = {}) {}
 
+  /** worker pool for decompression and digests of every session opened from now on */
+  setPool(pool: BlobSessionOptions['pool']): void {
+    this.sessionDefaults.pool = pool;
+  }
+
   /** volume name the kernel uses for an image */
   static volumeOf(id: string, domainId: string): string {
     return domainId || id;

@@ -311,3 +311,213 @@ export function lseek(fd: number, offset: number, whence: number, what: RawPath 
   }
   return r;
 }
+
+// ---------------------------------------------------------------------------------------------
+// poll(2), ioctl(2), pipe2(2), fcntl(FD_CLOEXEC)
+// ---------------------------------------------------------------------------------------------
+
+export const POLLIN = 0x001;
+export const POLLPRI = 0x002;
+export const POLLOUT = 0x004;
+export const POLLERR = 0x008;
+export const POLLHUP = 0x010;
+export const POLLNVAL = 0x020;
+
+export const O_NONBLOCK = 0o4000;
+export const O_CLOEXEC = 0o2000000;
+
+const EINTR = 4;
+const POLL_PROTO = 'int poll(void *fds, uint64_t nfds, int timeout)';
+
+export interface PollFd {
+  fd: number;
+  /** POLLIN | POLLOUT | … */
+  events: number;
+}
+export interface PollResult {
+  /** number of fds with non-zero revents; 0 on timeout or EINTR */
+  ready: number;
+  /** revents per input fd, in input order */
+  revents: number[];
+  /** the call was interrupted by a signal (EINTR): nothing is ready, call again */
+  interrupted: boolean;
+}
+
+/** struct pollfd[] on Linux: { int fd; short events; short revents } = 8 bytes each. */
+function pollFds(fds: PollFd[]): Buffer {
+  const b = Buffer.alloc(8 * fds.length);
+  fds.forEach((p, i) => {
+    b.writeInt32LE(p.fd, i * 8);
+    b.writeInt16LE(p.events, i * 8 + 4);
+  });
+  return b;
+}
+function pollResult(b: Buffer, n: number, r: number, errno: number): PollResult {
+  if (r < 0 && errno !== EINTR) throw sysError('poll', undefined, errno, { detail: `(${n} fds)` });
+  const revents: number[] = [];
+  for (let i = 0; i < n; i++) revents.push(r > 0 ? b.readUInt16LE(i * 8 + 6) : 0);
+  return { ready: Math.max(0, r), revents, interrupted: r < 0 };
+}
+
+/**
+ * poll(2), blocking the calling thread for up to `timeoutMs` (-1: forever). Call it from a worker
+ * thread (or with timeout 0): it never yields to the event loop. EINTR is returned as
+ * `interrupted`, other errors are thrown.
+ */
+export function poll(fds: PollFd[], timeoutMs: number): PollResult {
+  const b = pollFds(fds);
+  const r = Number(fn(POLL_PROTO)(b, fds.length, Math.trunc(timeoutMs)));
+  return pollResult(b, fds.length, r, r < 0 ? lastErrno() : 0);
+}
+
+/**
+ * poll(2) on one of koffi's async workers (a libuv threadpool thread, held for the whole wait):
+ * the event loop keeps running. For long waits prefer `poll` in a dedicated worker_thread.
+ */
+export function pollAsync(fds: PollFd[], timeoutMs: number): Promise<PollResult> {
+  const b = pollFds(fds);
+  const f = fn(POLL_PROTO) as NativeFn & { async: (...args: unknown[]) => void };
+  return new Promise((resolve, reject) => {
+    f.async(b, fds.length, Math.trunc(timeoutMs), (err: unknown, res: unknown) => {
+      if (err) return reject(err);
+      const r = Number(res);
+      try {
+        resolve(pollResult(b, fds.length, r, r < 0 ? lastErrno() : 0));
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
+}
+
+/**
+ * ioctl(2) with an integer argument passed **by value** (e.g. CACHEFILES_IOC_READ_COMPLETE takes
+ * the msg_id itself, not a pointer). Returns the ioctl's result; errors are thrown, with `what`
+ * naming the object in the message.
+ */
+export function ioctl(fd: number, request: number, arg: number | bigint, what: RawPath = `fd ${fd}`): number {
+  const f = fn('int ioctl(int fd, unsigned long request, ...)');
+  const r = Number(f(fd, request >>> 0, 'unsigned long', typeof arg === 'bigint' ? arg : BigInt(Math.trunc(arg))));
+  if (r < 0) {
+    const e = lastErrno();
+    throw sysError('ioctl', what, e, { detail: `request 0x${(request >>> 0).toString(16)} arg ${arg}`, fd, request, arg: String(arg) });
+  }
+  return r;
+}
+
+/** pipe2(2): [read end, write end]. `flags`: O_CLOEXEC | O_NONBLOCK. */
+export function pipe2(flags = O_CLOEXEC): [number, number] {
+  const f = fn('int pipe2(_Out_ int *fds, int flags)');
+  const out = [0, 0];
+  const r = Number(f(out, flags));
+  if (r < 0) throw sysError('pipe2', undefined, lastErrno());
+  return [out[0], out[1]];
+}
+
+const F_GETFD = 1;
+const F_SETFD = 2;
+const FD_CLOEXEC = 1;
+
+/** Set (or clear) FD_CLOEXEC on an fd, so child processes do (not) inherit it. */
+export function setCloexec(fd: number, on = true): void {
+  const f = fn('int fcntl(int fd, int cmd, ...)');
+  const cur = Number(f(fd, F_GETFD));
+  if (cur < 0) throw sysError('fcntl', `fd ${fd}`, lastErrno(), { detail: 'F_GETFD', fd });
+  const next = on ? cur | FD_CLOEXEC : cur & ~FD_CLOEXEC;
+  if (next === cur) return;
+  if (Number(f(fd, F_SETFD, 'int', next)) < 0) throw sysError('fcntl', `fd ${fd}`, lastErrno(), { detail: 'F_SETFD', fd });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory addresses and aligned buffers (O_DIRECT-style I/O)
+// ---------------------------------------------------------------------------------------------
+
+/** The address of a Buffer's first byte (koffi.address). */
+export function bufferAddress(buf: Uint8Array): bigint {
+  return koffi().address(buf);
+}
+
+/** Is `buf`'s first byte at an address that is a multiple of `align` (a power of two)? */
+export function isAligned(buf: Uint8Array, align: number): boolean {
+  return buf.length === 0 || (bufferAddress(buf) & BigInt(align - 1)) === 0n;
+}
+
+/**
+ * A zero-filled Buffer of `size` bytes whose first byte lies on an `align` boundary (a power of
+ * two, e.g. 4096 for O_DIRECT writes). It is a view into a larger, GC-managed ArrayBuffer that
+ * lives outside the V8 heap and never moves, so the address stays valid for as long as the
+ * Buffer is referenced (Node's fs.write passes the pointer straight to pwrite(2)).
+ */
+export function alignedBuffer(size: number, align = 4096): Buffer {
+  if (!Number.isSafeInteger(size) || size < 0) throw new NydusError('ERR_INVALID_ARGUMENT', `alignedBuffer: bad size ${size}`);
+  if (align <= 0 || (align & (align - 1)) !== 0) throw new NydusError('ERR_INVALID_ARGUMENT', `alignedBuffer: alignment ${align} is not a power of two`);
+  const backing = Buffer.alloc(size + align); // never from Node's shared 8 KiB pool
+  const mis = Number(bufferAddress(backing) & BigInt(align - 1));
+  const skip = mis === 0 ? 0 : align - mis;
+  const out = backing.subarray(skip, skip + size);
+  if (!isAligned(out, align)) throw new NydusError('ERR_UNSUPPORTED', `alignedBuffer: cannot align a ${size}-byte buffer to ${align}`);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// mount(2) / umount2(2)
+// ---------------------------------------------------------------------------------------------
+
+export const MS_RDONLY = 1;
+export const MNT_FORCE = 1;
+export const MNT_DETACH = 2;
+
+const MOUNT_PROTO = 'int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)';
+
+function mountDetail(source: string, fstype: string, data: string | null): string {
+  return `(-t ${fstype} ${source}${data ? ` -o ${data}` : ''})`;
+}
+
+/**
+ * mount(2) on one of koffi's async workers, so the event loop keeps running while the kernel
+ * works: an EROFS-over-fscache mount blocks until this very process answers the bootstrap OPEN.
+ * Rejects with sysError('mount', target, errno) (e.g. ENOBUFS for an fsid nobody serves).
+ */
+export function mountAsync(source: string, target: RawPath, fstype: string, flags = 0, data: string | null = null): Promise<void> {
+  const f = fn(MOUNT_PROTO) as NativeFn & { async: (...args: unknown[]) => void };
+  const t = typeof target === 'string' ? target : showPath(target);
+  return new Promise((resolve, reject) => {
+    f.async(source, t, fstype, flags, data, (err: unknown, res: unknown) => {
+      if (err) return reject(err);
+      if (Number(res) < 0) return reject(sysError('mount', target, lastErrno(), { detail: mountDetail(source, fstype, data), fstype, source, data }));
+      resolve();
+    });
+  });
+}
+
+/** umount2(2) on a koffi async worker (an unmount waits for the daemon to read CLOSE). */
+export function umountAsync(target: RawPath, flags = 0): Promise<void> {
+  const f = fn('int umount2(const char *target, int flags)') as NativeFn & { async: (...args: unknown[]) => void };
+  const t = typeof target === 'string' ? target : showPath(target);
+  return new Promise((resolve, reject) => {
+    f.async(t, flags, (err: unknown, res: unknown) => {
+      if (err) return reject(err);
+      if (Number(res) < 0) return reject(sysError('umount2', target, lastErrno(), { flags }));
+      resolve();
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// socketpair(2) (SOCK_SEQPACKET keeps message boundaries: a stand-in for message devices in tests)
+// ---------------------------------------------------------------------------------------------
+
+export const AF_UNIX = 1;
+export const SOCK_STREAM = 1;
+export const SOCK_DGRAM = 2;
+export const SOCK_SEQPACKET = 5;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+
+/** socketpair(2): two connected sockets. `type` may include SOCK_NONBLOCK | SOCK_CLOEXEC. */
+export function socketpair(domain = AF_UNIX, type = SOCK_SEQPACKET | SOCK_CLOEXEC, protocol = 0): [number, number] {
+  const f = fn('int socketpair(int domain, int type, int protocol, _Out_ int *sv)');
+  const out = [0, 0];
+  if (Number(f(domain, type, protocol, out)) < 0) throw sysError('socketpair', undefined, lastErrno(), { domain, type });
+  return [out[0], out[1]];
+}

@@ -1,0 +1,240 @@
+/**
+ * CLI for the daemon side: `daemon` (nydusd `singleton` flags), `mount`, `umount`, `status`.
+ */
+import { Command, Option } from 'commander';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as http from 'node:http';
+import * as crypto from 'node:crypto';
+import * as net from 'node:net';
+import { spawn, execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { Logger } from '../daemon/log';
+import { runSupervisor } from '../daemon/supervisor';
+import { Daemon, readConfigEntries } from '../daemon/daemon';
+import { NydusError } from '../errors';
+
+const execFileP = promisify(execFile);
+export const DEFAULT_RUN_DIR = process.env.NYDUS_TS_RUN_DIR ?? '/run/nydus-ts';
+export const DEFAULT_APISOCK = path.join(DEFAULT_RUN_DIR, 'api.sock');
+export const DEFAULT_FSCACHE = process.env.NYDUS_TS_FSCACHE ?? '/var/lib/nydus-ts/cache';
+
+/** One HTTP request to the daemon API over its unix socket. */
+export function apiRequest(sock: string, method: string, p: string, body?: unknown): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const req = http.request({ socketPath: sock, method, path: p, headers: data ? { 'content-type': 'application/json', 'content-length': data.length } : {} }, (res) => {
+      const parts: Buffer[] = [];
+      res.on('data', (d) => parts.push(d));
+      res.on('end', () => {
+        const text = Buffer.concat(parts).toString();
+        let parsed: unknown = text;
+        try {
+          parsed = text ? JSON.parse(text) : null;
+        } catch {
+          /* keep text */
+        }
+        resolve({ status: res.statusCode ?? 0, body: parsed });
+      });
+    });
+    req.on('error', (e) => reject(new NydusError('ERR_DAEMON', `daemon API ${sock}: ${e.message}`, { sock })));
+    req.end(data);
+  });
+}
+
+async function apiOk(sock: string, method: string, p: string, body?: unknown): Promise<any> {
+  const r = await apiRequest(sock, method, p, body);
+  if (r.status >= 300) throw new NydusError('ERR_DAEMON', `daemon API ${method} ${p}: HTTP ${r.status}: ${r.body?.message ?? JSON.stringify(r.body)}`, { status: r.status });
+  return r.body;
+}
+
+async function daemonAlive(sock: string): Promise<boolean> {
+  if (!fs.existsSync(sock)) return false;
+  try {
+    const r = await apiRequest(sock, 'GET', '/api/v1/daemon');
+    return r.status === 200;
+  } catch {
+    return false;
+  }
+}
+
+/** Start a daemon in the background unless one answers on `sock`; wait until RUNNING. */
+export async function ensureDaemon(sock: string, fscache: string, logFile: string): Promise<void> {
+  if (await daemonAlive(sock)) return;
+  fs.mkdirSync(path.dirname(sock), { recursive: true });
+  fs.mkdirSync(fscache, { recursive: true });
+  const out = fs.openSync(logFile, 'a');
+  const child = spawn(process.execPath, [path.join(__dirname, 'main.js'), 'daemon', '--fscache', fscache, '--apisock', sock], {
+    detached: true,
+    stdio: ['ignore', out, out],
+  });
+  child.unref();
+  fs.closeSync(out);
+  for (let i = 0; i < 200; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    if (child.exitCode !== null) break;
+    try {
+      const r = await apiRequest(sock, 'GET', '/api/v1/daemon');
+      if (r.status === 200 && r.body?.state === 'RUNNING') return;
+    } catch {
+      /* not up yet */
+    }
+  }
+  const tail = fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8').split('\n').slice(-8).join('\n') : '';
+  throw new NydusError('ERR_DAEMON', `the daemon did not come up on ${sock} (log ${logFile}):\n${tail}`);
+}
+
+interface MountRecord {
+  fsid: string;
+  domainId: string;
+  apisock: string;
+  bootstrap: string;
+}
+function stateFile(): string {
+  return path.join(DEFAULT_RUN_DIR, 'mounts.json');
+}
+function readMounts(): Record<string, MountRecord> {
+  try {
+    return JSON.parse(fs.readFileSync(stateFile(), 'utf8'));
+  } catch {
+    return {};
+  }
+}
+function writeMounts(m: Record<string, MountRecord>): void {
+  fs.mkdirSync(DEFAULT_RUN_DIR, { recursive: true });
+  const tmp = stateFile() + '.tmp';
+  fs.writeFileSync(tmp, JSON.stringify(m, null, 2));
+  fs.renameSync(tmp, stateFile());
+}
+
+export function addDaemonCommands(program: Command): void {
+  const d = program
+    .command('daemon')
+    .description('serve RAFS v6 images to EROFS over fscache (/dev/cachefiles on-demand); nydusd singleton flags')
+    .requiredOption('-F, --fscache <dir>', 'cachefiles cache directory (on ext4/xfs/btrfs)')
+    .option('--fscache-tag <tag>', 'cachefiles cache tag')
+    .option('--fscache-threads <n>', 'worker threads for decompression and digests', (v) => Number(v))
+    .option('-A, --apisock <sock>', 'HTTP API unix socket', DEFAULT_APISOCK)
+    .option('-C, --config <file>', 'pre-register images: {"blobs": [BlobCacheEntry, …]}')
+    .option('--id <id>', 'daemon id (reported by the API)')
+    .option('--supervisor <sock>', 'nydusd supervisor socket (reported; failover is built in)')
+    .option('--upgrade', 'accepted for nydusd compatibility (failover is built in)')
+    .option('-l, --log-level <level>', 'trace|debug|info|warn|error', 'info')
+    .option('-L, --log-file <file>', 'log to this file instead of stderr')
+    .option('--log-rotation-size <mb>', 'accepted for nydusd compatibility')
+    .option('--rlimit-nofile <n>', 'accepted for nydusd compatibility')
+    .addOption(new Option('--serve-child').hideHelp())
+    .addOption(new Option('--restore').hideHelp());
+  d.action(async (o) => {
+    if ((o.id === undefined) !== (o.supervisor === undefined)) throw new NydusError('ERR_INVALID_ARGUMENT', '--id and --supervisor must be given together');
+    const logFd = o.logFile ? fs.openSync(o.logFile, 'a') : 2;
+    const log = new Logger(o.logLevel, logFd, o.serveChild ? `[${process.pid}] ` : '[supervisor] ');
+    const fscache = path.resolve(o.fscache);
+    if (!fs.existsSync(fscache) || !fs.statSync(fscache).isDirectory()) throw new NydusError('ERR_INVALID_ARGUMENT', `--fscache ${o.fscache}: not an existing directory`);
+    if (!o.serveChild) {
+      const childArgs = process.argv.slice(2);
+      await runSupervisor({ fscacheDir: fscache, fscacheTag: o.fscacheTag, apiSock: path.resolve(o.apisock), childArgs, cliPath: path.join(__dirname, 'main.js'), log, initialEntries: o.config ? readConfigEntries(o.config) : [] });
+      await new Promise(() => undefined); // the supervisor runs until a signal
+      return;
+    }
+    // serving child: fd 4 is the bound /dev/cachefiles; API connections come over IPC
+    const init = await new Promise<{ entries: unknown[] }>((resolve) => {
+      process.once('message', (m: { type: string; entries: unknown[] }) => resolve({ entries: m.entries }));
+    });
+    const daemon = new Daemon({
+      fscacheDir: fscache, fscacheTag: o.fscacheTag, threads: o.fscacheThreads, apiSock: path.resolve(o.apisock),
+      externalConnections: true, cachefilesFd: 4, restore: o.restore === true, id: o.id, supervisor: o.supervisor, log,
+      initialEntries: init.entries,
+      onRegistrationsChanged: (entries) => process.send?.({ type: 'registrations', entries }),
+    });
+    process.on('message', (m: { type: string }, handle: unknown) => {
+      if (m.type === 'conn' && handle) daemon.acceptConnection(handle as net.Socket);
+    });
+    await daemon.run();
+    process.send?.({ type: 'ready' });
+    const stop = async (): Promise<void> => {
+      await daemon.stop().catch(() => undefined);
+      process.exit(0);
+    };
+    process.on('SIGTERM', () => void stop());
+    process.on('disconnect', () => void stop()); // the supervisor is gone
+    await new Promise(() => undefined);
+  });
+
+  program
+    .command('mount')
+    .description('lazily mount an image: start a daemon if needed, register the image, mount -t erofs -o fsid=…')
+    .requiredOption('-B, --bootstrap <file>', 'bootstrap')
+    .requiredOption('-D, --blob-dir <dir>', 'directory holding the blobs (localfs backend)')
+    .option('--fsid <id>', 'fscache fsid (default: derived from the bootstrap path)')
+    .option('--domain-id <d>', 'share blobs with other images of this domain (kernel ≥ 6.1)')
+    .option('-A, --apisock <sock>', 'daemon API socket', DEFAULT_APISOCK)
+    .option('-F, --fscache <dir>', 'cache directory for a daemon started by this command', DEFAULT_FSCACHE)
+    .argument('<mountpoint>')
+    .action(async (mnt: string, o) => {
+      const bootstrap = path.resolve(o.bootstrap);
+      if (!fs.existsSync(bootstrap)) throw new NydusError('ERR_INVALID_ARGUMENT', `--bootstrap ${o.bootstrap}: no such file`);
+      const fsid = o.fsid ?? crypto.createHash('sha256').update(bootstrap).digest('hex').slice(0, 32);
+      const domainId = o.domainId ?? '';
+      const sock = path.resolve(o.apisock);
+      await ensureDaemon(sock, path.resolve(o.fscache), path.join(path.dirname(sock), 'daemon.log'));
+      const workDir = path.join(path.dirname(sock), 'work', fsid);
+      fs.mkdirSync(workDir, { recursive: true });
+      await apiOk(sock, 'PUT', '/api/v2/blobs', {
+        type: 'bootstrap', id: fsid, domain_id: domainId,
+        config_v2: {
+          version: 2, id: fsid, backend: { type: 'localfs', localfs: { dir: path.resolve(o.blobDir) } },
+          cache: { type: 'fscache', fscache: { work_dir: workDir } }, metadata_path: bootstrap,
+        },
+      });
+      fs.mkdirSync(mnt, { recursive: true });
+      const opts = domainId ? `domain_id=${domainId},fsid=${fsid}` : `fsid=${fsid}`;
+      try {
+        await execFileP('mount', ['-t', 'erofs', '-o', opts, 'none', mnt]);
+      } catch (e) {
+        await apiRequest(sock, 'DELETE', `/api/v2/blobs?domain_id=${encodeURIComponent(domainId || fsid)}&blob_id=${encodeURIComponent(fsid)}`).catch(() => undefined);
+        throw new NydusError('ERR_KERNEL', `mount -t erofs -o ${opts} none ${mnt}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`);
+      }
+      const m = readMounts();
+      m[path.resolve(mnt)] = { fsid, domainId, apisock: sock, bootstrap };
+      writeMounts(m);
+      process.stderr.write(`mounted ${bootstrap} on ${mnt} (fsid ${fsid}${domainId ? `, domain ${domainId}` : ''})\n`);
+    });
+
+  program
+    .command('umount')
+    .description('unmount an image mounted with `nydus-ts mount` and unregister it from the daemon')
+    .argument('<mountpoint>')
+    .action(async (mnt: string) => {
+      const key = path.resolve(mnt);
+      const m = readMounts();
+      const rec = m[key];
+      await execFileP('umount', [key]).catch((e) => {
+        throw new NydusError('ERR_KERNEL', `umount ${key}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`);
+      });
+      if (rec) {
+        await apiOk(rec.apisock, 'DELETE', `/api/v2/blobs?domain_id=${encodeURIComponent(rec.domainId || rec.fsid)}&blob_id=${encodeURIComponent(rec.fsid)}`).catch((e) => process.stderr.write(`warning: ${(e as Error).message}\n`));
+        delete m[key];
+        writeMounts(m);
+      }
+    });
+
+  program
+    .command('status')
+    .description('show the daemon, its images and blobs, and cache usage')
+    .option('-A, --apisock <sock>', 'daemon API socket', DEFAULT_APISOCK)
+    .option('--json', 'print JSON')
+    .action(async (o) => {
+      const sock = path.resolve(o.apisock);
+      const info = await apiOk(sock, 'GET', '/api/v1/daemon');
+      const metrics = await apiOk(sock, 'GET', '/api/v1/metrics');
+      const out = { daemon: info, mounts: readMounts(), metrics };
+      if (o.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
+      else {
+        process.stdout.write(`daemon ${info.id ?? ''} state ${info.state}\n`);
+        for (const i of metrics.images ?? []) process.stdout.write(`image ${i.id}${i.domain_id ? ` (domain ${i.domain_id})` : ''}: ${i.bootstrap}, ${i.blobs.length} blobs\n`);
+        for (const b of metrics.blobs ?? []) process.stdout.write(`blob ${b.blob_id}: ${b.chunks_ready}/${b.chunk_count} chunks cached, ${b.backend_bytes} bytes fetched, ${b.reads} reads\n`);
+        for (const [mp, r] of Object.entries(readMounts())) process.stdout.write(`mount ${mp}: fsid ${r.fsid}\n`);
+      }
+    });
+}
