@@ -5,7 +5,6 @@
  * so a failure never leaves a half-written bootstrap or blob behind.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import * as os from 'node:os';
 import {
   CompressorName, DigesterName, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, MAX_CHUNK_SIZE, SuperFlags,
@@ -23,6 +22,7 @@ import { scanDirectory, readFileChunks } from './dir-source';
 import { buildTreeFromTar } from './tar-source';
 import { applyLayer, cloneTree, stripWhiteouts, WhiteoutSpec } from './overlay';
 import { NydusError, invalidArgument } from '../errors';
+import { writeFileAtomic } from '../util/atomic-file';
 
 export type SourceType = 'dir' | 'tar' | 'targz';
 
@@ -99,20 +99,7 @@ function readBootstrapFile(file: string, what: string): RafsBootstrap {
   return readBootstrap(data, { name: file });
 }
 
-/** Write `data` to `file` atomically (temp name in the same directory, fsync, rename). */
-export function writeFileAtomic(file: string, data: Buffer | string): void {
-  const dir = path.dirname(path.resolve(file));
-  fs.mkdirSync(dir, { recursive: true });
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
-  const fd = fs.openSync(tmp, 'w', 0o644);
-  try {
-    fs.writeFileSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-}
+export { writeFileAtomic };
 
 export function superFlagsFor(compressor: CompressorName, digester: DigesterName, allBlobsHaveDigests: boolean): number {
   let f = compressorSuperFlag(compressor) | (digester === 'blake3' ? SuperFlags.HASH_BLAKE3 : SuperFlags.HASH_SHA256);

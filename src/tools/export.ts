@@ -7,7 +7,7 @@
  * (the content of its fscache cache file), usable as an EROFS extra device.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { writeAtomically } from '../util/atomic-file';
 import { readBootstrap, RafsBootstrap } from '../format/bootstrap-reader';
 import { EROFS_BLOCK_SIZE, EROFS_SUPER_OFFSET, EROFS_FEATURE_INCOMPAT_CHUNKED_FILE, alignUp } from '../format/constants';
 import { xattrAreaSize } from '../format/layout';
@@ -41,28 +41,15 @@ async function writeBlobData(boot: RafsBootstrap, blobIndex: number, blobDir: st
   }
 }
 
-function tmpFor(out: string): string {
-  return path.join(path.dirname(path.resolve(out)), `.${path.basename(out)}.${process.pid}.tmp`);
-}
-
 export async function exportBlobData(bootstrapFile: string, blobDir: string, blobId: string, output: string): Promise<void> {
   await digestReady();
   const boot = readBootstrap(fs.readFileSync(bootstrapFile), { name: bootstrapFile });
   const idx = boot.blobs.findIndex((b) => b.blobId === blobId);
   if (idx < 0) throw new NydusError('ERR_NOT_FOUND', `blob ${blobId} is not in ${bootstrapFile}`);
-  const tmp = tmpFor(output);
-  const fd = fs.openSync(tmp, 'w');
-  try {
+  await writeAtomically(output, async (fd) => {
     fs.ftruncateSync(fd, boot.blobs[idx].uncompressedSize);
     await writeBlobData(boot, idx, blobDir, fd, 0);
-    fs.fsyncSync(fd);
-  } catch (e) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, output);
+  });
 }
 
 export interface ExportReport {
@@ -84,23 +71,14 @@ export async function exportImage(bootstrapFile: string, blobDir: string, output
   }
   const total = boot.blobs.reduce((n, b) => n + b.chunkCount, 0);
   let done = 0;
-  const tmp = tmpFor(output);
-  const fd = fs.openSync(tmp, 'w');
-  try {
+  await writeAtomically(output, async (fd) => {
     const flat = flattenBootstrap(data, boot, end);
     fs.writeSync(fd, flat, 0, flat.length, 0);
     fs.ftruncateSync(fd, end);
     for (let i = 0; i < boot.blobs.length; i++) {
       await writeBlobData(boot, i, blobDir, fd, boot.devices[i].mappedBlkaddr * EROFS_BLOCK_SIZE, () => onProgress?.(++done, total));
     }
-    fs.fsyncSync(fd);
-  } catch (e) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, output);
+  });
   return { output, size: end, blobs: boot.devices.map((d) => ({ blob_id: d.tag, mapped_blkaddr: d.mappedBlkaddr, blocks: d.blocks })) };
 }
 
