@@ -194,7 +194,7 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
       const { root, files } = scanDirectory(opts.source, opts.prefetchPatterns, warn);
       layer = root;
       // Read ahead a few files while the pipeline commits in order.
-      for (const f of files) await sink.addFile(f.inode, readFileChunks(f.path, f.inode.size, chunkSize, f.display, f.blocks), f.display);
+      for (const f of files) await sink.addFile(f.inode, readFileChunks(f.path, f.inode.size, chunkSize, f.display, f.blocks), f.display, true);
     } else {
       let input: NodeJS.ReadableStream;
       if (opts.source === '-') input = opts.stdin ?? process.stdin;

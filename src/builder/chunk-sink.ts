@@ -20,6 +20,8 @@ export interface SinkStats {
 }
 
 interface Pending {
+  /** holds an in-flight slot (the chunks of one batch share the first one's) */
+  slot: boolean;
   result: Promise<ProcessedChunk>;
   inode: Inode;
   k: number;
@@ -36,6 +38,15 @@ function isZeroView(b: Buffer): boolean {
   return b.buffer === sharedZero.buffer && b.length > 0;
 }
 
+/**
+ * Chunks up to this size are sent to the workers in batches (one task for up to BATCH_MAX
+ * chunks or BATCH_BYTES bytes): most files of a rootfs are small, and one message per chunk
+ * cost more than hashing and compressing them (bench/README.md).
+ */
+const SMALL_CHUNK = 64 * 1024;
+const BATCH_MAX = 64;
+const BATCH_BYTES = 1 << 20;
+
 export function dedupKey(digest: Buffer, size: number): string {
   return digest.toString('hex') + ':' + size;
 }
@@ -49,6 +60,9 @@ export class ChunkSink {
   private inflight = 0;
   private waiters: (() => void)[] = [];
   private error: unknown = null;
+  /** small chunks not yet handed to the pool; the first one holds an in-flight slot */
+  private batch: { inode: Inode; k: number; data: Buffer }[] = [];
+  private batchBytes = 0;
   /** processed all-zero chunk per size: holes of sparse files reuse it */
   private readonly zeroChunks = new Map<number, Promise<ProcessedChunk>>();
 
@@ -64,8 +78,12 @@ export class ChunkSink {
     private readonly onProgress?: (s: SinkStats) => void,
   ) {}
 
-  /** Chunk one regular file's content; the body must yield exactly `inode.size` bytes. */
-  async addFile(inode: Inode, body: AsyncIterable<Buffer>, where: string): Promise<void> {
+  /**
+   * Chunk one regular file's content; the body must yield exactly `inode.size` bytes.
+   * `freshPieces`: each piece is a buffer the source never touches again, so whole-chunk pieces
+   * may be handed to the worker pool by transfer (they are detached afterwards).
+   */
+  async addFile(inode: Inode, body: AsyncIterable<Buffer>, where: string, freshPieces = false): Promise<void> {
     const cs = this.chunkSize;
     let buf = Buffer.allocUnsafe(Math.min(cs, Math.max(inode.size, 1)));
     let fill = 0;
@@ -79,6 +97,15 @@ export class ChunkSink {
       if (isZeroView(piece) && fill === 0 && piece.length === buf.length) {
         // a whole chunk of hole: no copy, no hashing
         await this.submit(inode, k++, piece, true);
+        const remaining = inode.size - k * cs;
+        buf = Buffer.allocUnsafe(Math.min(cs, Math.max(remaining, 1)));
+        continue;
+      }
+      if (freshPieces && fill === 0 && piece.length === buf.length) {
+        // The source handed over exactly the next chunk in a buffer it will not touch again
+        // (the directory reader does): no copy here, and the pool takes its ArrayBuffer instead
+        // of copying it again (pieces that share an ArrayBuffer are still copied by the pool).
+        await this.submit(inode, k++, piece, false, true);
         const remaining = inode.size - k * cs;
         buf = Buffer.allocUnsafe(Math.min(cs, Math.max(remaining, 1)));
         continue;
@@ -100,26 +127,62 @@ export class ChunkSink {
     this.stats.files++;
   }
 
-  private async submit(inode: Inode, k: number, data: Buffer, zero = false): Promise<void> {
+  /** `transfer`: the pool may detach `data` (the caller must not use it afterwards). */
+  private async submit(inode: Inode, k: number, data: Buffer, zero = false, transfer = false): Promise<void> {
     if (this.error) throw this.error;
+    const size = data.length; // read before a transfer detaches `data`
+    const small = !zero && size <= SMALL_CHUNK;
+    if (small && this.batch.length) {
+      this.addToBatch(inode, k, data);
+      return;
+    }
+    // Whatever is batched goes first, so that chunks are committed in submission order.
+    if (!small) this.flushBatch();
     while (this.inflight >= this.maxInflight) {
       await new Promise<void>((r) => this.waiters.push(r));
       if (this.error) throw this.error;
     }
     this.inflight++;
+    if (small) {
+      this.addToBatch(inode, k, data);
+      return;
+    }
     let result: Promise<ProcessedChunk>;
     if (zero) {
-      let z = this.zeroChunks.get(data.length);
-      if (!z) this.zeroChunks.set(data.length, (z = this.pool.process(Buffer.alloc(data.length), this.compressor, this.digester)));
+      let z = this.zeroChunks.get(size);
+      if (!z) this.zeroChunks.set(size, (z = this.pool.process(Buffer.alloc(size), this.compressor, this.digester)));
       result = z;
     } else {
-      result = this.pool.process(data, this.compressor, this.digester);
+      result = this.pool.process(data, this.compressor, this.digester, { transfer });
     }
     result.catch(() => undefined); // surfaced by the commit loop
-    this.queue.push({ result, inode, k, size: data.length });
-    this.stats.bytesIn += data.length;
+    this.queue.push({ slot: true, result, inode, k, size });
+    this.stats.bytesIn += size;
     if (!this.committing) this.committing = this.commitLoop();
   }
+
+  private addToBatch(inode: Inode, k: number, data: Buffer): void {
+    this.batch.push({ inode, k, data });
+    this.batchBytes += data.length;
+    this.stats.bytesIn += data.length;
+    if (this.batch.length >= BATCH_MAX || this.batchBytes >= BATCH_BYTES) this.flushBatch();
+  }
+
+  private flushBatch(): void {
+    const batch = this.batch;
+    if (!batch.length) return;
+    this.batch = [];
+    this.batchBytes = 0;
+    const all = this.pool.processMany(batch.map((b) => b.data), this.compressor, this.digester);
+    batch.forEach((b, i) => {
+      const result = all.then((r) => r[i]);
+      result.catch(() => undefined); // surfaced by the commit loop
+      this.queue.push({ slot: i === 0, result, inode: b.inode, k: b.k, size: b.data.length });
+    });
+    if (!this.committing) this.committing = this.commitLoop();
+  }
+
+
 
   private async commitLoop(): Promise<void> {
     try {
@@ -133,8 +196,10 @@ export class ChunkSink {
           r = undefined as never;
         }
         if (!this.error) this.commit(p, r);
-        this.inflight--;
-        this.waiters.shift()?.();
+        if (p.slot) {
+          this.inflight--;
+          this.waiters.shift()?.();
+        }
       }
     } finally {
       this.committing = null;
@@ -169,12 +234,14 @@ export class ChunkSink {
   /** Stop committing (after a failure elsewhere) and wait for the commit loop to go idle. */
   async cancel(reason: unknown): Promise<void> {
     this.error ??= reason;
+    this.batch = [];
     while (this.committing) await this.committing.catch(() => undefined);
     for (const w of this.waiters.splice(0)) w();
   }
 
   /** Wait until every submitted chunk is committed; rethrows the first failure. */
   async drain(): Promise<void> {
+    if (!this.error) this.flushBatch();
     while (this.committing) await this.committing;
     if (this.error) throw this.error;
     this.onProgress?.(this.stats);

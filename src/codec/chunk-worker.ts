@@ -2,6 +2,9 @@
  * worker_threads entry for ChunkPool (chunk-pool.ts). Protocol, one message per task:
  *
  *   main → worker  { id, op: 'process', data, compressor, digester }
+ *                  { id, op: 'processMany', data, sizes, compressor, digester }  (data = the
+ *                    inputs back to back; the result has the digests back to back in `digest`,
+ *                    the outputs back to back in `data`, and per input `sizes` and `flags`)
  *                  { id, op: 'decompress', data, compressor, compressed, uncompressedSize,
  *                    digester, expected }
  *   worker → main  { type: 'ready' } once, after the BLAKE3 module is loaded
@@ -41,7 +44,17 @@ export interface CrashRequest {
   op: 'crash';
 }
 
-export type WorkerRequest = ProcessRequest | DecompressRequest | CrashRequest;
+/** Several (small) chunks in one message: per-message costs dominate for small files. */
+export interface ProcessManyRequest {
+  id: number;
+  op: 'processMany';
+  data: Uint8Array;
+  sizes: number[];
+  compressor: CompressorName;
+  digester: DigesterName;
+}
+
+export type WorkerRequest = ProcessRequest | ProcessManyRequest | DecompressRequest | CrashRequest;
 
 export interface SerializedError {
   name: string;
@@ -53,7 +66,7 @@ export interface SerializedError {
 
 export type WorkerMessage =
   | { type: 'ready' }
-  | { type: 'result'; id: number; ok: true; digest?: Uint8Array; data: Uint8Array; compressed?: boolean }
+  | { type: 'result'; id: number; ok: true; digest?: Uint8Array; data: Uint8Array; compressed?: boolean; sizes?: number[]; flags?: boolean[] }
   | { type: 'result'; id: number; ok: false; error: SerializedError };
 
 /** Returns a view that owns its entire ArrayBuffer (copying if needed), so it can be transferred. */
@@ -87,6 +100,27 @@ function handleProcess(req: ProcessRequest): WorkerMessage & { ok: true } {
   const d = digest(req.digester, input);
   const c = compressChunk(req.compressor, input);
   return { type: 'result', id: req.id, ok: true, digest: owned(d), data: owned(c.data), compressed: c.compressed };
+}
+
+function handleProcessMany(req: ProcessManyRequest): WorkerMessage & { ok: true } {
+  const all = asBuffer(req.data);
+  const n = req.sizes.length;
+  const digests = new Uint8Array(new ArrayBuffer(32 * n));
+  const outs: Buffer[] = [];
+  const sizes: number[] = [];
+  const flags: boolean[] = [];
+  let off = 0;
+  for (let i = 0; i < n; i++) {
+    const input = all.subarray(off, off + req.sizes[i]);
+    off += req.sizes[i];
+    digests.set(digest(req.digester, input), 32 * i);
+    const c = compressChunk(req.compressor, input);
+    outs.push(c.data);
+    sizes.push(c.data.length);
+    flags.push(c.compressed);
+  }
+  if (off !== all.length) throw new NydusError('ERR_INVALID_ARGUMENT', `chunk worker: processMany sizes add up to ${off}, data has ${all.length} bytes`);
+  return { type: 'result', id: req.id, ok: true, digest: digests, data: owned(Buffer.concat(outs)), sizes, flags };
 }
 
 function handleDecompress(req: DecompressRequest): WorkerMessage & { ok: true } {
@@ -127,6 +161,9 @@ if (parentPort) {
           switch (req.op) {
             case 'process':
               msg = handleProcess(req);
+              break;
+            case 'processMany':
+              msg = handleProcessMany(req);
               break;
             case 'decompress':
               msg = handleDecompress(req);
