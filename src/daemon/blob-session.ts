@@ -1,28 +1,265 @@
 /**
  * One open data blob: turns "make bytes [off, off+len) of the uncompressed blob present" into
  * chunk fetches. Chunks covering the range are found by binary search over the blob's ci array,
- * the request is amplified to a window (default 1 MiB) so small kernel reads fetch ahead, runs of
- * adjacent missing chunks become one backend range read, each chunk is decompressed and its
- * digest verified (worker threads), and only then written to the CacheWriter. An in-flight map
- * makes concurrent and overlapping requests share one fetch per chunk; a failed chunk is never
- * written and is retried by the next request that needs it.
+ * the request is amplified to a window (default 1 MiB) so small kernel reads fetch ahead, and a
+ * request that continues the previous one (a sequential reader) also fetches `readahead` bytes
+ * beyond it in the background. Runs of adjacent missing chunks become one backend range read;
+ * each chunk is decompressed and its digest verified, and only then written to the CacheWriter.
+ * An in-flight map makes concurrent and overlapping requests share one fetch per chunk; a failed
+ * chunk is never written and is retried by the next request that needs it.
+ *
+ * The data path is built for few copies and no fresh memory per chunk (fresh pages cost more
+ * than the copy itself, badly so under emulation): chunks are decompressed straight into a
+ * reused, page-aligned batch buffer, verified there, zero-padded to whole pages, and written
+ * from it (the O_DIRECT cache writer takes such a buffer without copying). Adjacent chunks of a
+ * run share one batch buffer and one write, up to `writeBatch` bytes, unless a waiting request
+ * needs an earlier chunk first. Each chunk settles on its own, so a request never waits for the
+ * chunks fetched ahead of it.
+ *
+ * Where the CPU work runs (`decode`): `inline` on the main thread, `pool` on the worker threads
+ * of the ChunkPool, `auto` (default): inline, except that a chunk a request waits for goes to an
+ * idle worker when another waited-for chunk is already queued for the main thread (concurrent
+ * requests: parallelism on multi-core machines). Handing a chunk to a worker costs copies and
+ * fresh memory on both sides, which only pays off when a second chunk competes for the thread.
+ * Measurements: bench/read-bench.ts.
  */
 import { BlobEntry, BlobChunk } from '../format/layout';
 import { readBlobMeta, findChunk } from '../blob/blob-meta';
-import { blobCodecs, decodeChunk } from '../blob/local-blob';
+import { blobCodecs } from '../blob/local-blob';
 import { ChunkPool } from '../codec/chunk-pool';
+import { decompressChunk } from '../codec/compress';
+import { digest, digestReady } from '../codec/digest';
+import { alignedBuffer } from '../sys/native';
 import { BlobBackend, BlobMetrics, BlobSession, CacheWriter } from './interfaces';
-import { NydusError } from '../errors';
+import { BadBlobError, DigestMismatchError, NydusError } from '../errors';
+import type { CompressorName, DigesterName } from '../format/constants';
+import zstdBinding = require('zstd-napi/binding');
+
+export type DecodeMode = 'inline' | 'pool' | 'auto';
 
 export interface BlobSessionOptions {
-  /** bytes a request is widened to (nydusd: max(1 MiB, 128 KiB)); 0 disables */
+  /** bytes a request is widened to (nydusd: max(1 MiB, 128 KiB)); 0 disables (and readahead) */
   amplify?: number;
+  /**
+   * sequential readahead: when a request lands in or right after the previous request's window,
+   * also fetch this many bytes beyond it, in the background (default 2 MiB; 0 disables)
+   */
+  readahead?: number;
   /** verify chunk digests (default true whenever digests are known) */
   validate?: boolean;
   /** the largest single backend read when merging adjacent chunks */
   maxMergeBytes?: number;
+  /** where chunks are decompressed and verified (see the file comment); default auto */
+  decode?: DecodeMode;
+  /** the largest cache write gathering adjacent decoded chunks (default 1 MiB, at least one chunk) */
+  writeBatch?: number;
   pool?: ChunkPool;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, ctx?: Record<string, unknown>) => void;
+}
+
+const PAGE = 4096;
+const alignUp = (n: number): number => Math.ceil(n / PAGE) * PAGE;
+
+/** Benchmark / tuning overrides from the environment (documented in bench/read-bench.ts). */
+function envNumber(name: string): number | undefined {
+  const v = process.env[name];
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  return Number.isFinite(n) && n >= 0 ? n : undefined;
+}
+function envDecode(): DecodeMode | undefined {
+  const v = process.env.NYDUS_TS_DECODE;
+  return v === 'inline' || v === 'pool' || v === 'auto' ? v : undefined;
+}
+
+/**
+ * Log-linear latency histogram (8 buckets per power of two, ≈ 9 % resolution) from 1 µs to
+ * about 35 minutes: constant memory, cheap to update, quantiles from bucket upper bounds.
+ */
+export class LatencyHistogram {
+  private static readonly SUB = 8;
+  private readonly buckets = new Float64Array(31 * LatencyHistogram.SUB);
+  count = 0;
+  minMs = Infinity;
+  maxMs = 0;
+
+  add(ms: number): void {
+    this.count++;
+    if (ms < this.minMs) this.minMs = ms;
+    if (ms > this.maxMs) this.maxMs = ms;
+    const us = Math.max(1, ms * 1000);
+    const i = Math.min(this.buckets.length - 1, Math.floor(Math.log2(us) * LatencyHistogram.SUB));
+    this.buckets[i]++;
+  }
+
+  /** upper bound (ms) of bucket i */
+  private static upper(i: number): number {
+    return 2 ** ((i + 1) / LatencyHistogram.SUB) / 1000;
+  }
+
+  quantile(q: number): number {
+    if (this.count === 0) return 0;
+    const want = Math.max(1, Math.ceil(q * this.count));
+    let seen = 0;
+    for (let i = 0; i < this.buckets.length; i++) {
+      seen += this.buckets[i];
+      if (seen >= want) return Math.min(this.maxMs, Math.max(this.minMs, LatencyHistogram.upper(i)));
+    }
+    return this.maxMs;
+  }
+
+  toJSON(): { count: number; min_ms: number; p50_ms: number; p90_ms: number; p99_ms: number; max_ms: number; buckets_ms: Record<string, number> } {
+    const buckets: Record<string, number> = {};
+    this.buckets.forEach((n, i) => {
+      if (n) buckets[LatencyHistogram.upper(i).toPrecision(3)] = n;
+    });
+    return {
+      count: this.count, min_ms: this.count ? this.minMs : 0, p50_ms: this.quantile(0.5), p90_ms: this.quantile(0.9),
+      p99_ms: this.quantile(0.99), max_ms: this.maxMs, buckets_ms: buckets,
+    };
+  }
+}
+
+/** BlobMetrics plus the session's own details (the API passes them through). */
+export interface ChunkedBlobMetrics extends BlobMetrics {
+  /** per-ensure() latency: count, min/p50/p90/p99/max (ms) and the non-empty buckets (upper bound ms → count) */
+  read_latency_hist: ReturnType<LatencyHistogram['toJSON']>;
+  /** busy time summed over operations (they may overlap): backend reads, decompress + verify, cache writes */
+  backend_ms: number;
+  decode_ms: number;
+  write_ms: number;
+  /** chunks decoded on the main thread / on the worker pool */
+  inline_decodes: number;
+  pool_decodes: number;
+  /** cache writes (one per batch of adjacent chunks) */
+  cache_writes: number;
+  /** chunks fetched ahead by sequential readahead (beyond the amplified window) */
+  readahead_chunks: number;
+}
+
+/**
+ * Page-aligned scratch buffers, reused across sessions (by size), so the hot path touches no
+ * fresh memory. A few are kept per size; the rest are left to the GC.
+ */
+class ScratchBuffers {
+  private readonly free = new Map<number, Buffer[]>();
+  constructor(private readonly keep: number) {}
+  acquire(size: number): Buffer {
+    return this.free.get(size)?.pop() ?? alignedBuffer(size, PAGE);
+  }
+  release(b: Buffer): void {
+    let l = this.free.get(b.length);
+    if (!l) this.free.set(b.length, (l = []));
+    if (l.length < this.keep) l.push(b);
+  }
+}
+const scratch = new ScratchBuffers(8);
+
+/**
+ * The main thread's decode queue (all sessions): one inline decode per event-loop turn, so READs
+ * that arrive meanwhile are dispatched and completions run between decodes. Chunks a request
+ * waits for go first; no decode starts while a write that completes a waiting request is in
+ * flight (its completion, and so the READ's, would otherwise wait for the whole decode).
+ */
+interface DecodeJob {
+  wanted(): boolean;
+  exec(): void;
+  resolve(): void;
+  reject(e: Error): void;
+}
+const inlineQueue: DecodeJob[] = [];
+let drainScheduled = false;
+let urgentWrites = 0;
+const URGENT_GATE = process.env.NYDUS_TS_URGENT_GATE !== '0';
+
+function scheduleDrain(): void {
+  if (drainScheduled || urgentWrites > 0 || inlineQueue.length === 0) return;
+  drainScheduled = true;
+  setImmediate(drainOne);
+}
+
+function drainOne(): void {
+  drainScheduled = false;
+  if (urgentWrites > 0 || inlineQueue.length === 0) return;
+  let i = inlineQueue.findIndex((j) => j.wanted());
+  if (i < 0) i = 0;
+  const job = inlineQueue.splice(i, 1)[0];
+  try {
+    job.exec();
+    job.resolve();
+  } catch (e) {
+    job.reject(e as Error);
+  }
+  scheduleDrain();
+}
+
+function inlineQueueHasWanted(): boolean {
+  return inlineQueue.some((j) => j.wanted());
+}
+
+/** The main thread's zstd decompression context (created on first use, reset after an error). */
+let dctx: zstdBinding.DCtx | undefined;
+
+/** Decompress + verify one chunk into `dst` (exactly `c.uncompressedSize` bytes) on this thread. */
+function decodeInto(
+  dst: Buffer, piece: Buffer, c: BlobChunk, compressor: CompressorName, digester: DigesterName, expected: Buffer | null, blobId: string,
+): void {
+  const size = c.uncompressedSize;
+  try {
+    if (!c.compressed || compressor === 'none') {
+      if (piece.length !== size) throw new BadBlobError(`none: chunk is ${piece.length} bytes, expected ${size}`);
+      piece.copy(dst, 0, 0, size);
+    } else if (compressor === 'zstd') {
+      dctx ??= new zstdBinding.DCtx();
+      let n: number;
+      try {
+        // the frame cannot write past dst: too much output is an error, too little a short count
+        n = dctx.decompress(dst, piece);
+      } catch (e) {
+        dctx = undefined;
+        throw new BadBlobError(`zstd: cannot decompress ${piece.length}-byte chunk to ${size} bytes: ${(e as Error).message}`);
+      }
+      if (n !== size) throw new BadBlobError(`zstd: chunk decompresses to ${n} bytes, expected ${size}`);
+    } else {
+      decompressChunk(compressor, piece, true, size).copy(dst, 0, 0, size);
+    }
+  } catch (e) {
+    throw new BadBlobError(`blob ${blobId} chunk ${c.index}: cannot decompress (${(e as Error).message})`, { blobId, chunk: c.index });
+  }
+  if (expected) {
+    const got = digest(digester, dst);
+    if (!got.equals(expected)) {
+      throw new DigestMismatchError(`blob ${blobId} chunk ${c.index}: digest ${got.toString('hex')} != expected ${expected.toString('hex')}`, { blobId, chunk: c.index });
+    }
+  }
+}
+
+interface Deferred {
+  promise: Promise<void>;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+function deferred(): Deferred {
+  let resolve!: () => void;
+  let reject!: (e: Error) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined); // a chunk nobody waits for may fail quietly (it is logged)
+  return { promise, resolve, reject };
+}
+
+/** Decoded chunks gathered for one cache write. */
+interface Batch {
+  buf: Buffer;
+  /** uncompressed offset of buf[0] */
+  base: number;
+  /** bytes filled (whole pages) */
+  used: number;
+  /** positions in the run */
+  members: number[];
 }
 
 export class ChunkedBlobSession implements BlobSession {
@@ -31,11 +268,20 @@ export class ChunkedBlobSession implements BlobSession {
   private chunks: BlobChunk[] | null = null;
   private metaLoading: Promise<BlobChunk[]> | null = null;
   private ready = new Uint8Array(0);
+  /** requests waiting for each chunk */
+  private wanted = new Uint16Array(0);
   private readonly inflight = new Map<number, Promise<void>>();
   private closed = false;
   private readonly m: BlobMetrics;
+  private readonly hist = new LatencyHistogram();
+  private readonly extra = { backend_ms: 0, decode_ms: 0, write_ms: 0, inline_decodes: 0, pool_decodes: 0, cache_writes: 0, readahead_chunks: 0 };
   private readonly amplify: number;
+  private readonly readahead: number;
   private readonly maxMerge: number;
+  private readonly decodeMode: DecodeMode;
+  private readonly writeBatch: number;
+  /** the previous request's window [first, last] (chunk indices), for sequential detection */
+  private lastWindow: [number, number] = [-2, -2];
 
   constructor(
     readonly entry: BlobEntry,
@@ -48,7 +294,10 @@ export class ChunkedBlobSession implements BlobSession {
     this.blobId = entry.blobId;
     this.size = entry.uncompressedSize;
     this.amplify = opts.amplify ?? 1 << 20;
+    this.readahead = this.amplify > 0 ? (opts.readahead ?? envNumber('NYDUS_TS_READAHEAD') ?? 2 << 20) : 0;
     this.maxMerge = opts.maxMergeBytes ?? 8 << 20;
+    this.decodeMode = opts.decode ?? envDecode() ?? 'auto';
+    this.writeBatch = Math.max(alignUp(entry.chunkSize || PAGE), alignUp(opts.writeBatch ?? envNumber('NYDUS_TS_WRITE_BATCH') ?? 1 << 20));
     this.m = {
       blob_id: entry.blobId, backend_bytes: 0, backend_requests: 0, chunks_fetched: 0, chunks_verified: 0,
       digest_failures: 0, reads: 0, read_bytes: 0, read_latency_ms_total: 0, read_latency_ms_max: 0,
@@ -60,16 +309,28 @@ export class ChunkedBlobSession implements BlobSession {
   private async meta(): Promise<BlobChunk[]> {
     if (this.chunks) return this.chunks;
     this.metaLoading ??= (async () => {
+      await digestReady(); // inline verification needs the hash module in this thread
       const meta = await readBlobMeta(this.entry, (off, len) => {
         this.m.backend_requests++;
         this.m.backend_bytes += len;
         return this.backend.readRange(this.blobId, off, len);
       });
       this.ready = new Uint8Array(meta.chunks.length);
+      this.wanted = new Uint16Array(meta.chunks.length);
       const present = (await this.writer.presentRanges?.()) ?? [];
       for (const [start, end] of present) {
-        for (const c of meta.chunks) {
-          if (c.uncompressedOffset >= start && c.uncompressedOffset + c.uncompressedSize <= end) this.markReady(c.index);
+        // chunks are sorted by offset: find the first one starting at or after `start`
+        let lo = 0;
+        let hi = meta.chunks.length;
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1;
+          if (meta.chunks[mid].uncompressedOffset < start) lo = mid + 1;
+          else hi = mid;
+        }
+        for (let i = lo; i < meta.chunks.length; i++) {
+          const c = meta.chunks[i];
+          if (c.uncompressedOffset + c.uncompressedSize > end) break;
+          this.markReady(i);
         }
       }
       this.chunks = meta.chunks;
@@ -103,29 +364,37 @@ export class ChunkedBlobSession implements BlobSession {
       // array or a request outside the blob: fail it (the reader gets EIO).
       throw new NydusError('ERR_BAD_BLOB', `blob ${this.blobId}: range ${offset}+${length} is not covered by any chunk`, { blobId: this.blobId });
     }
-    // Amplify: keep extending forward while the window is not yet covered.
+    // Amplify: keep extending forward while the window is not yet covered; a sequential reader
+    // (this request starts in or right after the previous window) also gets readahead.
+    let windowEnd = offset + Math.max(this.amplify, length);
     let ampLast = last;
-    const windowEnd = offset + Math.max(this.amplify, length);
     while (ampLast + 1 < chunks.length && chunks[ampLast + 1].uncompressedOffset < windowEnd) ampLast++;
+    const ampOnly = ampLast;
+    const [pFirst, pLast] = this.lastWindow;
+    let raFrom = chunks.length;
+    if (this.readahead > 0 && first >= pFirst && first <= pLast + 1) {
+      raFrom = ampLast + 1;
+      windowEnd = Math.max(windowEnd, chunks[ampLast].uncompressedOffset + chunks[ampLast].uncompressedSize + this.readahead);
+      while (ampLast + 1 < chunks.length && chunks[ampLast + 1].uncompressedOffset < windowEnd) ampLast++;
+    }
+    this.lastWindow = [first, ampLast];
 
-    const required: Promise<void>[] = [];
     let run: BlobChunk[] = [];
     let runBytes = 0;
+    /** chunks of the amplified window beyond [first, last] that this request fetches */
+    const amplified: number[] = [];
     const flush = (): void => {
       if (!run.length) return;
-      const p = this.fetchRun(run);
-      run.forEach((c, k) => {
-        const cp = p.then((results) => results[k]);
-        // A chunk's promise resolves or rejects by itself; take it out of the map when settled.
-        const tracked = cp.then((r) => {
-          if (r instanceof Error) throw r;
-        });
-        tracked.catch(() => undefined);
+      const defs = run.map((c) => {
+        const d = deferred();
+        const tracked = d.promise;
         this.inflight.set(c.index, tracked);
         tracked.finally(() => {
           if (this.inflight.get(c.index) === tracked) this.inflight.delete(c.index);
         }).catch(() => undefined);
+        return d;
       });
+      void this.fetchRun(run, defs);
       run = [];
       runBytes = 0;
     };
@@ -136,6 +405,8 @@ export class ChunkedBlobSession implements BlobSession {
         flush();
         continue;
       }
+      if (i >= raFrom) this.extra.readahead_chunks++;
+      else if (i > last && i <= ampOnly) amplified.push(i);
       const prev = run[run.length - 1];
       const adjacent = prev && prev.compressedOffset + prev.compressedSize === c.compressedOffset;
       if (run.length && (!adjacent || runBytes + c.compressedSize > this.maxMerge)) flush();
@@ -143,59 +414,173 @@ export class ChunkedBlobSession implements BlobSession {
       runBytes += c.compressedSize;
     }
     flush();
+    const required: Promise<void>[] = [];
+    const waiting: number[] = [];
     for (let i = first; i <= last; i++) {
+      if (this.ready[i]) continue;
       const p = this.inflight.get(i);
-      if (p) required.push(p);
-      else if (!this.ready[i]) required.push(Promise.reject(new NydusError('ERR_BACKEND', `blob ${this.blobId}: chunk ${i} is neither ready nor being fetched`)));
+      if (p) {
+        required.push(p);
+        waiting.push(i);
+        this.wanted[i]++;
+      } else required.push(Promise.reject(new NydusError('ERR_BACKEND', `blob ${this.blobId}: chunk ${i} is neither ready nor being fetched`)));
     }
-    const results = await Promise.allSettled(required);
+    // The amplified window is part of the request (a small read brings its window in), so it
+    // is waited for too, but only a failure of the requested range fails the request.
+    const nRequired = required.length;
+    for (const i of amplified) {
+      const p = this.inflight.get(i);
+      if (p) {
+        required.push(p);
+        waiting.push(i);
+        this.wanted[i]++;
+      }
+    }
+    const results = (await Promise.allSettled(required)).slice(0, nRequired);
+    for (const i of waiting) this.wanted[i]--;
     const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
     const ms = performance.now() - t0;
     this.m.reads++;
     this.m.read_bytes += end - offset;
     this.m.read_latency_ms_total += ms;
     this.m.read_latency_ms_max = Math.max(this.m.read_latency_ms_max, ms);
+    this.hist.add(ms);
     if (failed) throw failed.reason;
   }
 
-  /** Fetch adjacent chunks with one backend read; returns per chunk: undefined (ok) or the Error. */
-  private async fetchRun(run: BlobChunk[]): Promise<(Error | undefined)[]> {
+  /**
+   * Decompress + verify chunk `c` into `dst`: on the main thread through the decode queue, or
+   * (`auto`) on an idle worker when it is waited for and another waited-for chunk is already
+   * queued for the main thread (concurrent requests), and big enough to be worth the round trip.
+   */
+  private decode(c: BlobChunk, dst: Buffer, piece: Buffer, compressor: CompressorName, digester: DigesterName, expected: Buffer | null): Promise<void> {
+    const pool = this.opts.pool;
+    if (pool && (this.decodeMode === 'pool' ||
+        (this.decodeMode === 'auto' && this.wanted[c.index] > 0 && c.uncompressedSize >= 64 << 10 && pool.pending < pool.threads && inlineQueueHasWanted()))) {
+      this.extra.pool_decodes++;
+      return pool.decompressAndVerify(piece, compressor, c.compressed, c.uncompressedSize, expected ? digester : null, expected).then((b) => {
+        b.copy(dst);
+      });
+    }
+    this.extra.inline_decodes++;
+    return new Promise<void>((resolve, reject) => {
+      inlineQueue.push({ wanted: () => this.wanted[c.index] > 0, exec: () => decodeInto(dst, piece, c, compressor, digester, expected, this.blobId), resolve, reject });
+      scheduleDrain();
+    });
+  }
+
+  /**
+   * Fetch adjacent chunks with one backend read, then decode, verify and write them in order,
+   * settling each chunk's deferred as soon as its bytes are in the cache (or it failed).
+   */
+  private async fetchRun(run: BlobChunk[], defs: Deferred[]): Promise<void> {
     const start = run[0].compressedOffset;
     const endOff = run[run.length - 1].compressedOffset + run[run.length - 1].compressedSize;
     let raw: Buffer;
+    let compressor: CompressorName;
+    let digester: DigesterName;
     try {
+      ({ compressor, digester } = blobCodecs(this.entry));
       this.m.backend_requests++;
+      const tb = performance.now();
       raw = await this.backend.readRange(this.blobId, start, endOff - start);
+      this.extra.backend_ms += performance.now() - tb;
       this.m.backend_bytes += raw.length;
     } catch (e) {
       this.opts.log?.('error', `blob ${this.blobId}: backend read ${start}+${endOff - start} failed: ${(e as Error).message}`, { blobId: this.blobId });
-      return run.map(() => e as Error);
+      for (const d of defs) d.reject(e as Error);
+      return;
     }
-    const { compressor, digester } = blobCodecs(this.entry);
     const validate = this.opts.validate !== false;
-    return Promise.all(run.map(async (c) => {
-      const piece = raw.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize);
-      const expected = validate ? this.digests.get(c.index) ?? null : null;
+    const pieceOf = (c: BlobChunk): Buffer => raw.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize);
+    const expectedOf = (c: BlobChunk): Buffer | null => (validate ? this.digests.get(c.index) ?? null : null);
+
+    // `pool`: every chunk goes to the workers at once (in parallel); otherwise one after another.
+    const pool = this.opts.pool;
+    const pooled = pool && this.decodeMode === 'pool'
+      ? run.map((c) => {
+          const expected = expectedOf(c);
+          const p = pool.decompressAndVerify(pieceOf(c), compressor, c.compressed, c.uncompressedSize, expected ? digester : null, expected);
+          p.catch(() => undefined);
+          this.extra.pool_decodes++;
+          return p;
+        })
+      : null;
+
+    let batch: Batch | null = null;
+    const settleWrite = async (b: Batch): Promise<void> => {
+      const tw = performance.now();
+      const urgent = URGENT_GATE && b.members.some((k) => this.wanted[run[k].index] > 0);
+      if (urgent) urgentWrites++;
       try {
-        const data = this.opts.pool
-          ? await this.opts.pool.decompressAndVerify(piece, compressor, c.compressed, c.uncompressedSize, expected ? digester : null, expected)
-          : decodeChunk(this.entry, c, piece, expected ?? undefined);
+        if (this.closed) throw new NydusError('ERR_DAEMON', `blob ${this.blobId}: session closed`);
+        this.extra.cache_writes++;
+        await this.writer.write(b.base, b.buf.subarray(0, b.used));
+        this.extra.write_ms += performance.now() - tw;
+        for (const k of b.members) {
+          this.markReady(run[k].index);
+          defs[k].resolve();
+        }
+      } catch (e) {
+        this.opts.log?.('error', `blob ${this.blobId}: cache write ${b.base}+${b.used} failed: ${(e as Error).message}`, { blobId: this.blobId });
+        for (const k of b.members) defs[k].reject(e as Error);
+      } finally {
+        scratch.release(b.buf);
+        if (urgent) {
+          urgentWrites--;
+          scheduleDrain();
+        }
+      }
+    };
+    const flushBatch = async (): Promise<void> => {
+      const b = batch;
+      batch = null;
+      if (b && b.members.length) await settleWrite(b);
+      else if (b) scratch.release(b.buf);
+    };
+
+    for (let k = 0; k < run.length; k++) {
+      const c = run[k];
+      if (this.closed) {
+        await flushBatch();
+        for (let j = k; j < run.length; j++) defs[j].reject(new NydusError('ERR_DAEMON', `blob ${this.blobId}: session closed`));
+        return;
+      }
+      const padded = alignUp(c.uncompressedSize);
+      if (batch && (batch.base + batch.used !== c.uncompressedOffset || batch.used + padded > batch.buf.length)) await flushBatch();
+      const b: Batch = (batch ??= { buf: scratch.acquire(this.writeBatch), base: c.uncompressedOffset, used: 0, members: [] });
+      const dst = b.buf.subarray(b.used, b.used + c.uncompressedSize);
+      const expected = expectedOf(c);
+      try {
+        const td = performance.now();
+        if (pooled) (await pooled[k]).copy(dst);
+        else await this.decode(c, dst, pieceOf(c), compressor, digester, expected);
+        this.extra.decode_ms += performance.now() - td;
+        if (padded > c.uncompressedSize) b.buf.fill(0, b.used + c.uncompressedSize, b.used + padded);
         this.m.chunks_fetched++;
         if (expected) this.m.chunks_verified++;
-        if (this.closed) return new NydusError('ERR_DAEMON', `blob ${this.blobId}: session closed`);
-        await this.writer.write(c.uncompressedOffset, data);
-        this.markReady(c.index);
-        return undefined;
       } catch (e) {
-        if ((e as NydusError).code === 'ERR_DIGEST_MISMATCH') this.m.digest_failures++;
-        this.opts.log?.('error', `blob ${this.blobId} chunk ${c.index}: ${(e as Error).message}`, { blobId: this.blobId, chunk: c.index });
-        return e as Error;
+        const err = e instanceof NydusError ? e : new BadBlobError((e as Error).message, { blobId: this.blobId, chunk: c.index });
+        if (err.code === 'ERR_DIGEST_MISMATCH') this.m.digest_failures++;
+        const where = `blob ${this.blobId} chunk ${c.index}: `;
+        this.opts.log?.('error', err.message.startsWith(where) ? err.message : where + err.message, { blobId: this.blobId, chunk: c.index });
+        defs[k].reject(err);
+        await flushBatch(); // the batch must stay contiguous: write what came before
+        continue;
       }
-    }));
+      b.used += padded;
+      b.members.push(k);
+      // Write now when the batch is full, the next chunk does not continue it, or a request waits
+      // for one of its chunks; otherwise keep gathering (one write for several small chunks).
+      const next = run[k + 1];
+      const full = !next || b.used + alignUp(next.uncompressedSize) > b.buf.length || b.base + b.used !== next.uncompressedOffset;
+      if (full || b.members.some((j) => this.wanted[run[j].index] > 0)) await flushBatch();
+    }
+    await flushBatch();
   }
 
-  metrics(): BlobMetrics {
-    return { ...this.m };
+  metrics(): ChunkedBlobMetrics {
+    return { ...this.m, read_latency_hist: this.hist.toJSON(), ...this.extra };
   }
 
   async close(): Promise<void> {

@@ -79,6 +79,8 @@ export function defaultAlignedPool(): AlignedBufferPool {
   return sharedPool;
 }
 
+const SYNC_WRITES = process.env.NYDUS_TS_SYNC_WRITE === '1';
+
 function pwrite(fd: number, buf: Buffer, position: number): Promise<number> {
   return new Promise((resolve, reject) => fs.write(fd, buf, 0, buf.length, position, (e, n) => (e ? reject(e) : resolve(n))));
 }
@@ -170,7 +172,7 @@ export class AnonFdWriter implements CacheWriter {
       let n: number;
       this.pending++;
       try {
-        n = await pwrite(this.fd, done ? buf.subarray(done) : buf, position + done);
+        n = SYNC_WRITES ? fs.writeSync(this.fd, buf, done, buf.length - done, position + done) : await pwrite(this.fd, done ? buf.subarray(done) : buf, position + done);
       } catch (e) {
         const err = e as NodeJS.ErrnoException;
         if (err.code === 'EINTR' || err.code === 'EAGAIN') continue;
