@@ -1,19 +1,23 @@
 /**
- * HTTP plumbing shared by the network backends (registry, http-proxy, later s3/oss) and the
+ * HTTP plumbing shared by the network backends (registry, http-proxy, s3, oss) and the
  * `http-proxy` backend itself (spec rafs-v6.md §3.5).
  *
  * - HttpClient: one undici Agent per backend (keep-alive connection reuse, at most
  *   `maxConnections` sockets per origin), TLS options (skip_verify, ca_cert_files), an optional
- *   unix socket, connect / header / body timeouts. `send()` never follows redirects.
+ *   unix socket, connect / header / body timeouts. `send()` never follows redirects. With
+ *   `proxyUrl` (a backend's `proxy.url`, see proxy.ts) an undici ProxyAgent instead: forward-proxy
+ *   requests for http:// URLs, CONNECT tunnels for https://, the same socket bound.
  * - checkRangeResponse: validates a range reply (206 + matching Content-Range + exact length,
  *   or 200 carrying the whole blob, which is sliced) and classifies failures as retryable or not.
  * - withRetries: `retry_limit` retries with exponential backoff and full jitter, only for errors
  *   marked retryable (connection errors, timeouts, 5xx, 408, 429, short bodies).
  */
+import * as dns from 'node:dns';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
-import { Agent, Dispatcher, request } from 'undici';
+import { Agent, Dispatcher, Pool, ProxyAgent, request } from 'undici';
 import { BlobBackend } from '../daemon/interfaces';
 import { HttpProxyBackendConfig } from '../daemon/config';
 import { NydusError } from '../errors';
@@ -32,6 +36,14 @@ export interface HttpTuning {
   maxConnections?: number;
   /** largest 200 (whole-blob) reply accepted when a range was asked for (default 256 MiB) */
   maxWholeBody?: number;
+  /**
+   * send every request through this HTTP proxy (the `proxy.url` of a backend, see proxy.ts):
+   * http:// URLs as forward-proxy requests (absolute URL in the request line, original Host),
+   * https:// URLs through a CONNECT tunnel
+   */
+  viaProxy?: string;
+  /** host name → IP address overrides for connections (like curl --resolve); for tests */
+  resolve?: Record<string, string>;
 }
 
 export interface HttpClientOptions {
@@ -43,6 +55,10 @@ export interface HttpClientOptions {
   /** connect every request to this unix socket instead of the URL's host */
   socketPath?: string;
   maxConnections?: number;
+  /** an HTTP proxy every request goes through (see HttpTuning.viaProxy) */
+  proxyUrl?: string;
+  /** host name → IP address overrides (see HttpTuning.resolve) */
+  resolve?: Record<string, string>;
 }
 
 export interface BodyLimits {
@@ -89,10 +105,11 @@ export function redactUrl(url: string): string {
 }
 
 export class HttpClient {
-  readonly dispatcher: Agent;
+  readonly dispatcher: Dispatcher;
   constructor(readonly opts: HttpClientOptions) {
     const connect: Record<string, unknown> = { timeout: opts.connectTimeoutMs || null };
     if (opts.socketPath) connect.socketPath = opts.socketPath;
+    if (opts.resolve && Object.keys(opts.resolve).length > 0) connect.lookup = overrideLookup(opts.resolve);
     if (opts.skipVerify) connect.rejectUnauthorized = false;
     if (opts.caCertFiles && opts.caCertFiles.length > 0) {
       const extra = opts.caCertFiles.map((f) => {
@@ -104,12 +121,22 @@ export class HttpClient {
       });
       connect.ca = [...tls.rootCertificates, ...extra];
     }
-    this.dispatcher = new Agent({
-      connections: opts.maxConnections ?? 16,
-      headersTimeout: opts.timeoutMs,
-      bodyTimeout: opts.timeoutMs,
-      connect,
-    });
+    const limits = { connections: opts.maxConnections ?? 16, headersTimeout: opts.timeoutMs, bodyTimeout: opts.timeoutMs };
+    if (opts.proxyUrl) {
+      // forward-proxy form for http:// targets (what a Dragonfly peer or a caching proxy sees and
+      // can cache), CONNECT tunnels for https:// ones; the same per-origin socket bound either way
+      const { timeout: _t, ...tlsOpts } = connect;
+      this.dispatcher = new ProxyAgent({
+        uri: opts.proxyUrl,
+        proxyTunnel: false,
+        ...limits,
+        requestTls: tlsOpts,
+        proxyTls: { ...tlsOpts, timeout: opts.connectTimeoutMs || undefined } as Record<string, unknown>,
+        factory: (origin: string | URL, o: object) => new Pool(origin, { ...o, ...limits }),
+      } as ProxyAgent.Options);
+    } else {
+      this.dispatcher = new Agent({ ...limits, connect });
+    }
   }
 
   /**
@@ -173,6 +200,26 @@ export class HttpClient {
   async close(): Promise<void> {
     await this.dispatcher.close().catch(() => undefined);
   }
+}
+
+/** a net.connect `lookup` that answers the overridden names and asks DNS for the rest */
+function overrideLookup(map: Record<string, string>): (...a: unknown[]) => void {
+  return (hostname: unknown, options: unknown, callback: unknown) => {
+    const cb = (typeof options === 'function' ? options : callback) as (err: Error | null, address: unknown, family?: number) => void;
+    const o = (typeof options === 'object' && options !== null ? options : {}) as dns.LookupOptions;
+    const ip = map[String(hostname)];
+    if (ip === undefined) {
+      dns.lookup(String(hostname), { ...o, all: true } as dns.LookupAllOptions, (err, addrs) => {
+        if (err) cb(err, undefined);
+        else if (o.all) cb(null, addrs);
+        else cb(null, addrs[0]?.address, addrs[0]?.family);
+      });
+      return;
+    }
+    const family = net.isIP(ip) || 4;
+    if (o.all) cb(null, [{ address: ip, family }]);
+    else cb(null, ip, family);
+  };
 }
 
 const CERT_CODES = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|ERR_TLS_CERT_ALTNAME_INVALID|HOSTNAME_MISMATCH/;
@@ -301,6 +348,8 @@ export function clientOptionsFrom(cfg: { timeout: number; connect_timeout: numbe
     skipVerify: cfg.skip_verify,
     caCertFiles: cfg.ca_cert_files,
     maxConnections: tuning.maxConnections,
+    proxyUrl: tuning.viaProxy,
+    resolve: tuning.resolve,
   };
 }
 

@@ -8,8 +8,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { ImageRegistry, ImageRegistration } from './image-registry';
 import { LocalFsBackend } from './backend';
-import { RegistryBackend } from '../backends/registry';
-import { HttpProxyBackend } from '../backends/http';
+import { makeNetworkBackend } from '../backends/proxy';
 import { BlobBackend } from './interfaces';
 import { ChunkPool } from '../codec/chunk-pool';
 import { digestReady } from '../codec/digest';
@@ -42,18 +41,22 @@ export interface DaemonOptions {
   initialEntries?: unknown[];
 }
 
-/** Make the backend a registration asks for (s3/oss/localdisk and proxy fallback: issue #4). */
+/**
+ * Make the backend a registration asks for. Network backends (registry, http-proxy, s3, oss) get
+ * their `proxy` section through makeNetworkBackend (src/backends/proxy.ts).
+ */
 export function makeBackend(entry: NormalizedEntry): BlobBackend {
   const b = entry.backend;
   switch (b.type) {
     case 'localfs':
       return new LocalFsBackend(b.config as { dir?: string; alt_dirs?: string[]; blob_file?: string });
     case 'registry':
-      return new RegistryBackend(b.config);
     case 'http-proxy':
-      return new HttpProxyBackend(b.config);
+    case 's3':
+    case 'oss':
+      return makeNetworkBackend(b);
     default:
-      throw new NydusError('ERR_UNSUPPORTED', `backend type "${b.type}" is not supported yet (localfs is)`, { backend: b.type });
+      throw new NydusError('ERR_UNSUPPORTED', `backend type "${b.type}" is not supported (localfs, registry, http-proxy, s3 and oss are)`, { backend: b.type });
   }
 }
 
