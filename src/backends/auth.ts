@@ -119,6 +119,12 @@ export interface RegistryAuthOptions {
   registryToken?: string;
   /** used to GET the token realm */
   client: HttpClient;
+  /**
+   * token scopes to always ask for (e.g. `repository:<repo>:pull,push` for a push), sent as
+   * separate `scope` parameters together with the challenge's (space-separated) scopes. Unset:
+   * only the challenge's scope, or `repository:<repo>:pull`, as one parameter.
+   */
+  scopes?: string[];
   /** token lifetime when the token server does not say (seconds, default 60 as in the spec) */
   defaultExpiresIn?: number;
   /** clock (tests) */
@@ -219,7 +225,13 @@ export class RegistryAuth {
       throw backendError(`auth: invalid token realm ${JSON.stringify(ch.realm)} in WWW-Authenticate`, false);
     }
     if (ch.service) url.searchParams.set('service', ch.service);
-    url.searchParams.set('scope', ch.scope || `repository:${this.opts.repo}:pull`);
+    if (this.opts.scopes && this.opts.scopes.length > 0) {
+      const scopes = new Set<string>(this.opts.scopes);
+      for (const sc of (ch.scope ?? '').split(' ')) if (sc) scopes.add(sc);
+      for (const sc of scopes) url.searchParams.append('scope', sc);
+    } else {
+      url.searchParams.set('scope', ch.scope || `repository:${this.opts.repo}:pull`);
+    }
     const headers: Record<string, string> = {};
     if (this.opts.basic) headers.authorization = `Basic ${this.opts.basic}`;
     this.tokenRequests++;
