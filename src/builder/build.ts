@@ -43,6 +43,8 @@ export interface CreateOptions {
   blobToc?: boolean;
   threads?: number;
   stdin?: NodeJS.ReadableStream;
+  /** name of the `stdin` stream in messages (default `<stdin>`), e.g. an OCI layer digest */
+  stdinName?: string;
   onProgress?: (s: SinkStats) => void;
   onWarning?: (msg: string) => void;
 }
@@ -206,7 +208,7 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
         }
         input = fs.createReadStream(opts.source, { highWaterMark: 1 << 20 });
       }
-      layer = await buildTreeFromTar(input, { name: opts.source === '-' ? '<stdin>' : opts.source, gzip: opts.type === 'targz' ? true : 'auto', warn }, sink);
+      layer = await buildTreeFromTar(input, { name: opts.source === '-' ? opts.stdinName ?? '<stdin>' : opts.source, gzip: opts.type === 'targz' ? true : 'auto', warn }, sink);
     }
     await sink.drain();
   } catch (e) {

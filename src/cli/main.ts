@@ -15,6 +15,7 @@ import { NydusError } from '../errors';
 import { Progress, human } from './progress';
 import { CompressorName, DigesterName } from '../format/constants';
 import { addDaemonCommands } from './daemon-commands';
+import { addOciCommands } from './oci-commands';
 
 function emitJson(target: string | undefined, value: unknown): void {
   if (!target) return;
@@ -213,6 +214,7 @@ export function buildProgram(): Command {
     });
 
   addDaemonCommands(program);
+  addOciCommands(program);
   return program;
 }
 
