@@ -12,6 +12,7 @@
  */
 import * as path from 'node:path';
 import * as fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { runInVm, findKernel, guestVisible, repoRoot } from '../kernel-tests/vm';
 
 async function main(): Promise<number> {
@@ -39,8 +40,9 @@ async function main(): Promise<number> {
           'usage: node dist/bench/read-bench-host.js [--timeout S] [--memory-mb N] [--disk-mb N] [--verbose] [GUEST OPTIONS…]\n' +
             'Boots the test VM and runs the read benchmark in it. Guest options:\n\n',
         );
-        guest.push('--help');
-        break;
+        // the guest's usage, printed here: --help must not boot a VM (or build a kernel)
+        process.stdout.write(execFileSync(process.execPath, [path.join(repoRoot(), 'dist', 'bench', 'read-bench.js'), '--help'], { encoding: 'utf8' }));
+        return 0;
       case '--output-json':
       case '--cpu-prof': {
         const p = path.resolve(val());

@@ -213,7 +213,7 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunInVmResult> {
     let timedOut = false;
     const deadline = Date.now() + opts.timeoutMs;
 
-    const boot = (accel: string): Promise<{ code: number | null; signal: string | null; guestLines: number }> =>
+    const boot = (accel: string): Promise<{ code: number | null; signal: string | null; guestLines: number; bootHung: boolean }> =>
       new Promise((resolve, reject) => {
         const append = [
           "console=ttyS0",
@@ -242,10 +242,23 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunInVmResult> {
         live.add(child);
         let settled = false;
         let guestLines = 0;
+        let kernelStarted = false;
+        let bootHung = false;
+        // A hung KVM guest (see chooseAccel) never prints a kernel line: give up on it early.
+        const bootTimer = accel === "tcg" ? undefined : setTimeout(() => {
+          if (kernelStarted) return;
+          bootHung = true;
+          emit(`[nydus-vm] no kernel output ${KVM_BOOT_WATCHDOG_MS / 1000} s after starting QEMU with ${accel}, killing it`);
+          child.kill("SIGKILL");
+        }, KVM_BOOT_WATCHDOG_MS);
 
         const handle = (line: string, fromGuest: boolean): void => {
           if (fromGuest) {
             guestLines++;
+            if (!kernelStarted && /^\[\s*\d+\.\d+\]/.test(line)) {
+              kernelStarted = true;
+              clearTimeout(bootTimer);
+            }
             const m = marker.exec(line);
             if (m) markerStatus = Number(m[1]);
           }
@@ -284,6 +297,7 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunInVmResult> {
 
         child.on("error", (e) => {
           clearTimeout(timer);
+          clearTimeout(bootTimer);
           live.delete(child);
           if (!settled) {
             settled = true;
@@ -292,20 +306,21 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunInVmResult> {
         });
         child.on("close", (code, signal) => {
           clearTimeout(timer);
+          clearTimeout(bootTimer);
           live.delete(child);
           out.flush();
           err.flush();
           if (code !== 0 || signal) emit(`[nydus-vm] QEMU exited with ${signal ? "signal " + signal : "status " + code}`);
           if (!settled) {
             settled = true;
-            resolve({ code, signal, guestLines });
+            resolve({ code, signal, guestLines, bootHung });
           }
         });
       });
 
     const accel = chooseAccel();
     let res = await boot(accel);
-    if (accel !== "tcg" && !timedOut && res.guestLines === 0 && (res.code !== 0 || res.signal)) {
+    if (accel !== "tcg" && !timedOut && (res.bootHung || (res.guestLines === 0 && (res.code !== 0 || res.signal)))) {
       // /dev/kvm can exist yet be unusable (e.g. nested virtualisation without
       // the MSRs QEMU wants); fall back to TCG once.
       emit("[nydus-vm] KVM did not work; retrying with TCG");
@@ -329,6 +344,7 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunInVmResult> {
 }
 
 let kvmBroken = false;
+const KVM_BOOT_WATCHDOG_MS = 30_000;
 
 /**
  * $NYDUS_TS_VM_9P_CACHE: 9p cache mode of the guest root (none, readahead, mmap, loose).
@@ -347,9 +363,14 @@ function accelArgs(accel: string): string[] {
   return ["-accel", `tcg,thread=${thread}`];
 }
 
-/** $NYDUS_TS_VM_ACCEL = kvm | tcg | auto (default: KVM if /dev/kvm is usable, else TCG). */
+/**
+ * $NYDUS_TS_VM_ACCEL = tcg | kvm | auto (auto: KVM if /dev/kvm is usable, else TCG).
+ * Default tcg: on this workplace /dev/kvm exists but is kvm-pvm (nested, in a container), whose
+ * guests can hang at boot without QEMU exiting ("kvm-pvm: INTERNAL_ERROR in batch emul" in the
+ * host's dmesg), so KVM is opt-in.
+ */
 function chooseAccel(): string {
-  const want = (process.env.NYDUS_TS_VM_ACCEL ?? "auto").toLowerCase();
+  const want = (process.env.NYDUS_TS_VM_ACCEL ?? "tcg").toLowerCase();
   if (want === "kvm" || want === "tcg") return want;
   if (!kvmBroken && fs.existsSync("/dev/kvm") && canAccess("/dev/kvm")) return "kvm";
   return "tcg";
