@@ -11,7 +11,8 @@ import { NydusError, BadBlobError, DigestMismatchError } from '../src/errors';
 import type { CompressorName } from '../src/format/constants';
 import { lz4BlockCompress, lz4BlockDecompress, lz4BlockBound } from '../src/codec/lz4';
 import { compress, decompress, compressChunk, decompressChunk } from '../src/codec/compress';
-import { digest, digestReady, sha256Hex, createSha256, createDigest } from '../src/codec/digest';
+import { digest, digestReady, sha256Hex, createSha256, createDigest, blake3Implementation } from '../src/codec/digest';
+import { createBLAKE3 } from 'hash-wasm';
 import { ChunkPool } from '../src/codec/chunk-pool';
 
 // ---------------------------------------------------------------------------------------
@@ -584,6 +585,28 @@ describe('digest', () => {
     assert.equal(sha256Hex(Buffer.from('abc')), 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
     assert.equal(digest('blake3', Buffer.alloc(MiB)).length, 32);
     assert.throws(() => digest('md5' as 'sha256', Buffer.alloc(1)), (e: unknown) => e instanceof NydusError && e.code === 'ERR_UNSUPPORTED');
+  });
+
+  test('native blake3 is in use here and equals the WebAssembly fallback (sizes around the 1 KiB chunk and 64 KiB SIMD boundaries)', async () => {
+    assert.equal(blake3Implementation, 'native', 'the @napi-rs/blake-hash binary did not load');
+    const wasm = await createBLAKE3(256);
+    const data = crypto.randomBytes(3 * MiB + 5);
+    for (const n of [0, 1, 63, 64, 65, 1023, 1024, 1025, 2048, 4097, 16384, 65535, 65536, 65537, MiB - 1, MiB, 3 * MiB + 5]) {
+      for (const off of [0, 3]) {
+        const piece = data.subarray(off, off + n);
+        wasm.init();
+        wasm.update(piece);
+        assert.equal(digest('blake3', piece).toString('hex'), wasm.digest('hex'), `${n} bytes at offset ${off}`);
+      }
+    }
+    // a Uint8Array that is not a Buffer, on a shared ArrayBuffer
+    const u8 = new Uint8Array(data.buffer, data.byteOffset + 7, 5000);
+    wasm.init();
+    wasm.update(u8);
+    assert.equal(digest('blake3', u8).toString('hex'), wasm.digest('hex'));
+    // the fallback itself, in a process that asks for it
+    const r = spawnSync(process.execPath, ['-e', `const d=require(${JSON.stringify(path.resolve(__dirname, '../src/codec/digest.js'))}); d.digestReady().then(()=>console.log(d.blake3Implementation, d.digest('blake3', Buffer.from('abc')).toString('hex')))`], { env: { ...process.env, NYDUS_TS_BLAKE3: 'wasm' }, encoding: 'utf8' });
+    assert.equal(r.stdout.trim(), 'wasm 6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85', r.stderr);
   });
 
   test('incremental hashers equal one-shot digests', async () => {
