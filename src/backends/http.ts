@@ -24,7 +24,7 @@ import { NydusError } from '../errors';
 
 /** Tuning knobs beyond the JSON config (all optional; tests use them to keep things fast). */
 export interface HttpTuning {
-  /** overrides `timeout` (seconds) of the config: max wait for headers / between body bytes */
+  /** overrides `timeout` (seconds) of the config: max wait for the headers, then for each further MIN_PROGRESS (64 KiB) of the body */
   timeoutMs?: number;
   /** overrides `connect_timeout` (seconds) */
   connectTimeoutMs?: number;
@@ -74,6 +74,8 @@ export interface HttpReply {
 }
 
 const MAX_ERROR_BODY = 4096;
+/** body bytes that must arrive within each `timeout` period (see HttpClient.send) */
+export const MIN_PROGRESS = 64 * 1024;
 
 /** A NydusError('ERR_BACKEND') that says whether trying again may help. */
 export function backendError(message: string, retryable: boolean, context: Record<string, unknown> = {}, cause?: unknown): NydusError {
@@ -145,15 +147,21 @@ export class HttpClient {
    * ERR_BACKEND errors naming the URL.
    */
   async send(url: string, headers: Record<string, string>, what = 'GET', limits: BodyLimits = {}): Promise<HttpReply> {
-    // undici's own timeouts have ~1 s resolution; this idle timer (restarted whenever bytes
-    // arrive) gives precise ones, undici's stay as a backstop
+    // undici's own timeouts have ~1 s resolution; this timer gives precise ones, undici's stay as
+    // a backstop. It runs from the request to the headers, then is restarted whenever another
+    // MIN_PROGRESS bytes of the body arrived: a body must deliver at least that much per
+    // `timeout` (a server dripping a few bytes now and then would otherwise hold the read for
+    // ever), so one exchange lasts at most timeout × (2 + body bytes / MIN_PROGRESS).
     const ac = new AbortController();
     let phase: 'headers' | 'body' = 'headers';
     let timer: NodeJS.Timeout | undefined;
+    /** body bytes since the timer was last restarted */
+    let progress = 0;
     const arm = () => {
       if (!this.opts.timeoutMs) return;
       if (timer) clearTimeout(timer);
-      timer = setTimeout(() => ac.abort(new IdleTimeout(phase)), this.opts.timeoutMs);
+      const ms = this.opts.timeoutMs;
+      timer = setTimeout(() => ac.abort(new IdleTimeout(phase, progress > 0 ? `body too slow: ${progress} bytes in ${ms} ms, fewer than the ${MIN_PROGRESS} required` : undefined)), ms);
     };
     arm();
     try {
@@ -180,8 +188,12 @@ export class HttpClient {
       }
       try {
         for await (const c of res.body) {
-          arm();
           const b = c as Buffer;
+          progress += b.length;
+          if (progress >= MIN_PROGRESS) {
+            progress = 0;
+            arm();
+          }
           chunks.push(b);
           n += b.length;
           if (n > max) break; // leaving the loop destroys the body (and its connection)
@@ -230,8 +242,8 @@ function isCertificateError(e: unknown): boolean {
 }
 
 class IdleTimeout extends Error {
-  constructor(readonly phase: 'headers' | 'body') {
-    super(`timeout waiting for response ${phase}`);
+  constructor(readonly phase: 'headers' | 'body', detail?: string) {
+    super(`timeout waiting for response ${phase}${detail ? ` (${detail})` : ''}`);
   }
 }
 
