@@ -46,12 +46,12 @@ export class LocalFsBackend implements BlobBackend {
     throw new NydusError('ERR_NOT_FOUND', `localfs: blob ${blobId} not found in ${candidates.join(', ')}`, { blobId });
   }
 
-  async readRange(blobId: string, offset: number, length: number): Promise<Buffer> {
+  async readRange(blobId: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const { fd, size } = this.open(blobId);
     if (offset < 0 || length < 0 || offset + length > size) {
       throw new NydusError('ERR_BACKEND', `localfs: range ${offset}+${length} lies beyond blob ${blobId} (${size} bytes)`, { blobId, offset, length });
     }
-    const buf = Buffer.allocUnsafe(length);
+    const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     let got = 0;
     while (got < length) {
       const n = await new Promise<number>((resolve, reject) => fs.read(fd, buf, got, length - got, offset + got, (err, r) => (err ? reject(err) : resolve(r))));

@@ -155,6 +155,12 @@ class ScratchBuffers {
 }
 const scratch = new ScratchBuffers(8);
 
+function rawBufferSize(n: number): number {
+  let size = 1 << 20;
+  while (size < n) size *= 2;
+  return size;
+}
+
 /**
  * The main thread's decode queue (all sessions): one inline decode per event-loop turn, so READs
  * that arrive meanwhile are dispatched and completions run between decodes. Chunks a request
@@ -477,20 +483,33 @@ export class ChunkedBlobSession implements BlobSession {
     const start = run[0].compressedOffset;
     const endOff = run[run.length - 1].compressedOffset + run[run.length - 1].compressedSize;
     let raw: Buffer;
+    // compressed bytes land in a reused buffer (size classes of powers of two from 1 MiB)
+    const rawBuf = scratch.acquire(rawBufferSize(endOff - start));
     let compressor: CompressorName;
     let digester: DigesterName;
     try {
       ({ compressor, digester } = blobCodecs(this.entry));
       this.m.backend_requests++;
       const tb = performance.now();
-      raw = await this.backend.readRange(this.blobId, start, endOff - start);
+      raw = await this.backend.readRange(this.blobId, start, endOff - start, rawBuf);
       this.extra.backend_ms += performance.now() - tb;
       this.m.backend_bytes += raw.length;
     } catch (e) {
+      scratch.release(rawBuf);
       this.opts.log?.('error', `blob ${this.blobId}: backend read ${start}+${endOff - start} failed: ${(e as Error).message}`, { blobId: this.blobId });
       for (const d of defs) d.reject(e as Error);
       return;
     }
+    try {
+      await this.decodeRun(run, defs, raw, start, compressor, digester);
+    } finally {
+      // every decode of the run has settled (or copied its input, for the pool) by now
+      scratch.release(rawBuf);
+    }
+  }
+
+  /** Decode, verify and write the chunks of a fetched run (`raw` holds its compressed bytes from `start`). */
+  private async decodeRun(run: BlobChunk[], defs: Deferred[], raw: Buffer, start: number, compressor: CompressorName, digester: DigesterName): Promise<void> {
     const validate = this.opts.validate !== false;
     const pieceOf = (c: BlobChunk): Buffer => raw.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize);
     const expectedOf = (c: BlobChunk): Buffer | null => (validate ? this.digests.get(c.index) ?? null : null);

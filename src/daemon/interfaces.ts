@@ -19,8 +19,12 @@ export interface CacheWriter {
 /** A random-access source of one blob's *compressed* bytes (local file, registry, HTTP …). */
 export interface BlobBackend {
   readonly kind: string;
-  /** exactly `length` bytes at `offset` of blob `blobId`, or a thrown NydusError */
-  readRange(blobId: string, offset: number, length: number): Promise<Buffer>;
+  /**
+   * exactly `length` bytes at `offset` of blob `blobId`, or a thrown NydusError. A backend may
+   * read into `into` (at least `length` bytes; the caller's reusable buffer, so a hot path touches
+   * no fresh memory) and return a view of it, or ignore it and return its own buffer.
+   */
+  readRange(blobId: string, offset: number, length: number, into?: Buffer): Promise<Buffer>;
   close(): Promise<void>;
 }
 
