@@ -102,6 +102,39 @@ test('registry resolves bootstrap and blob keys the way the kernel names them', 
   assert.throws(() => reg.unregister('dom', 'fs2'), /blob_cache: cache entry not found/);
 });
 
+test('a backend is closed once its image is unregistered and the kernel closed its last object', async () => {
+  class ClosingBackend extends LocalFsBackend {
+    closes = 0;
+    override async close(): Promise<void> {
+      this.closes++;
+      await super.close();
+    }
+  }
+  const reg = new ImageRegistry();
+  const shared = new ClosingBackend({ dir: blobDir });
+  reg.register({ id: 'a', domainId: 'd', bootstrapPath: boot, backend: shared });
+  reg.register({ id: 'b', domainId: 'd', bootstrapPath: boot, backend: shared });
+  const look = reg.resolve('d', blobId);
+  assert.equal(look.kind, 'blob');
+  if (look.kind !== 'blob') return;
+  const w = new SparseFileWriter(path.join(work, 'close-test.cache'), 0);
+  const s = await look.open(w);
+  await s.ensure(0, 4096);
+  reg.unregister('d', 'a');
+  assert.equal(shared.closes, 0, 'image b still uses the backend');
+  reg.unregister('d', 'b');
+  assert.equal(shared.closes, 0, 'an open object (still mounted) keeps its backend');
+  await s.ensure(0x10000, 4096); // reads between unregister and umount still work
+  await s.close();
+  assert.equal(shared.closes, 1, 'closed with the last object');
+  await s.close();
+  assert.equal(shared.closes, 1, 'closed once');
+  const idle = new ClosingBackend({ dir: blobDir });
+  reg.register({ id: 'c', domainId: '', bootstrapPath: boot, backend: idle });
+  reg.unregister(undefined, 'c');
+  assert.equal(idle.closes, 1, 'no open object: closed at once');
+});
+
 test('ensure() fills exactly the requested chunks with the right bytes', async () => {
   const be = new CountingBackend(new LocalFsBackend({ dir: blobDir }));
   const { s, w } = await open(be, 'c1');

@@ -37,6 +37,13 @@ function checkName(what: string, v: string): void {
 export class ImageRegistry implements ObjectResolver {
   private readonly images = new Map<string, Image>();
   private readonly sessions = new Set<BlobSession>();
+  /**
+   * Open sessions per backend of an unregistered image: the backend (connections, a proxy's ping
+   * timer) is closed when its image is gone and the kernel closed its last object, not before
+   * (the snapshotter unregisters before it unmounts).
+   */
+  private readonly backendUsers = new Map<BlobBackend, number>();
+  private readonly retired = new Set<BlobBackend>();
 
   constructor(private readonly sessionDefaults: Pick<BlobSessionOptions, 'pool' | 'log'> = {}) {}
 
@@ -88,12 +95,25 @@ export class ImageRegistry implements ObjectResolver {
       if (inDomain && (id === undefined || img.id === id)) {
         this.images.delete(k);
         removed.push(this.publicView(img));
+        this.retire(img.reg.backend);
       }
     }
     if (removed.length === 0) {
       throw new NydusError('ERR_NOT_FOUND', `blob_cache: cache entry not found (domain_id=${domainId ?? ''}, blob_id=${id ?? ''})`);
     }
     return removed;
+  }
+
+  private retire(backend: BlobBackend): void {
+    if ([...this.images.values()].some((i) => i.reg.backend === backend)) return;
+    if ((this.backendUsers.get(backend) ?? 0) > 0) this.retired.add(backend);
+    else this.closeBackend(backend);
+  }
+
+  private closeBackend(backend: BlobBackend): void {
+    this.retired.delete(backend);
+    this.backendUsers.delete(backend);
+    backend.close().catch(() => undefined);
   }
 
   list(): RegisteredImage[] {
@@ -133,11 +153,19 @@ export class ImageRegistry implements ObjectResolver {
           const s = new ChunkedBlobSession(owner.boot.blobs[idx], owner.reg.backend, writer, owner.digests[idx], {
             ...owner.reg.session, ...this.sessionDefaults,
           });
+          const backend = owner.reg.backend;
           this.sessions.add(s);
+          this.backendUsers.set(backend, (this.backendUsers.get(backend) ?? 0) + 1);
           const close = s.close.bind(s);
+          let closed = false;
           s.close = async () => {
             this.sessions.delete(s);
             await close();
+            if (closed) return;
+            closed = true;
+            const users = (this.backendUsers.get(backend) ?? 1) - 1;
+            this.backendUsers.set(backend, users);
+            if (users <= 0 && this.retired.has(backend)) this.closeBackend(backend);
           };
           return s;
         },
