@@ -155,6 +155,9 @@ class ScratchBuffers {
 }
 const scratch = new ScratchBuffers(8);
 
+/** cache writes of one run in flight while its next chunks are decoded */
+const MAX_RUN_WRITES = 2;
+
 function rawBufferSize(n: number): number {
   let size = 1 << 20;
   while (size < n) size *= 2;
@@ -412,6 +415,8 @@ export class ChunkedBlobSession implements BlobSession {
         continue;
       }
       if (i >= raFrom) this.extra.readahead_chunks++;
+      // the readahead is a run of its own: the window's chunks must not wait for its bytes
+      if (i === raFrom) flush();
       else if (i > last && i <= ampOnly) amplified.push(i);
       const prev = run[run.length - 1];
       const adjacent = prev && prev.compressedOffset + prev.compressedSize === c.compressedOffset;
@@ -551,17 +556,28 @@ export class ChunkedBlobSession implements BlobSession {
         }
       }
     };
+    // Cache writes overlap the decoding of the next chunks (at most MAX_RUN_WRITES in flight;
+    // settleWrite never rejects).
+    const writes = new Set<Promise<void>>();
     const flushBatch = async (): Promise<void> => {
       const b = batch;
       batch = null;
-      if (b && b.members.length) await settleWrite(b);
-      else if (b) scratch.release(b.buf);
+      if (b && b.members.length) {
+        const p = settleWrite(b);
+        writes.add(p);
+        void p.finally(() => writes.delete(p));
+        while (writes.size >= MAX_RUN_WRITES) await Promise.race(writes);
+      } else if (b) scratch.release(b.buf);
+    };
+    const drainWrites = async (): Promise<void> => {
+      await flushBatch();
+      await Promise.all(writes);
     };
 
     for (let k = 0; k < run.length; k++) {
       const c = run[k];
       if (this.closed) {
-        await flushBatch();
+        await drainWrites();
         for (let j = k; j < run.length; j++) defs[j].reject(new NydusError('ERR_DAEMON', `blob ${this.blobId}: session closed`));
         return;
       }
@@ -595,7 +611,7 @@ export class ChunkedBlobSession implements BlobSession {
       const full = !next || b.used + alignUp(next.uncompressedSize) > b.buf.length || b.base + b.used !== next.uncompressedOffset;
       if (full || b.members.some((j) => this.wanted[run[j].index] > 0)) await flushBatch();
     }
-    await flushBatch();
+    await drainWrites();
   }
 
   metrics(): ChunkedBlobMetrics {
