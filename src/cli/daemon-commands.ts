@@ -13,6 +13,9 @@ import { Logger } from '../daemon/log';
 import { runSupervisor } from '../daemon/supervisor';
 import { Daemon, readConfigEntries } from '../daemon/daemon';
 import { NydusError } from '../errors';
+import { writeFileAtomic } from '../util/atomic-file';
+import { DEFAULT_IMAGE_WORK_DIR, buildRegistration, prepareImage } from '../oci/image-mount';
+import { human } from './progress';
 
 const execFileP = promisify(execFile);
 export const DEFAULT_RUN_DIR = process.env.NYDUS_TS_RUN_DIR ?? '/run/nydus-ts';
@@ -59,8 +62,8 @@ async function daemonAlive(sock: string): Promise<boolean> {
 }
 
 /** Start a daemon in the background unless one answers on `sock`; wait until RUNNING. */
-export async function ensureDaemon(sock: string, fscache: string, logFile: string): Promise<void> {
-  if (await daemonAlive(sock)) return;
+export async function ensureDaemon(sock: string, fscache: string, logFile: string): Promise<boolean> {
+  if (await daemonAlive(sock)) return false;
   fs.mkdirSync(path.dirname(sock), { recursive: true });
   fs.mkdirSync(fscache, { recursive: true });
   const out = fs.openSync(logFile, 'a');
@@ -75,7 +78,7 @@ export async function ensureDaemon(sock: string, fscache: string, logFile: strin
     if (child.exitCode !== null) break;
     try {
       const r = await apiRequest(sock, 'GET', '/api/v1/daemon');
-      if (r.status === 200 && r.body?.state === 'RUNNING') return;
+      if (r.status === 200 && r.body?.state === 'RUNNING') return true;
     } catch {
       /* not up yet */
     }
@@ -89,6 +92,9 @@ interface MountRecord {
   domainId: string;
   apisock: string;
   bootstrap: string;
+  /** `mount --image`: the fully qualified reference and the manifest digest */
+  image?: string;
+  manifestDigest?: string;
 }
 function stateFile(): string {
   return path.join(DEFAULT_RUN_DIR, 'mounts.json');
@@ -100,11 +106,83 @@ function readMounts(): Record<string, MountRecord> {
     return {};
   }
 }
+/** Mount points in /proc/self/mounts (octal escapes decoded). */
+function mountedPaths(): Set<string> {
+  try {
+    const text = fs.readFileSync('/proc/self/mounts', 'utf8');
+    return new Set(text.split('\n').filter(Boolean).map((l) => l.split(' ')[1].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))));
+  } catch {
+    return new Set();
+  }
+}
 function writeMounts(m: Record<string, MountRecord>): void {
   fs.mkdirSync(DEFAULT_RUN_DIR, { recursive: true });
   const tmp = stateFile() + '.tmp';
   fs.writeFileSync(tmp, JSON.stringify(m, null, 2));
   fs.renameSync(tmp, stateFile());
+}
+
+export interface MountRegisteredRequest {
+  mountpoint: string;
+  /** daemon API socket; a daemon is started on it (with `fscache`) when none answers */
+  sock: string;
+  fscache: string;
+  fsid: string;
+  domainId: string;
+  /** the PUT /api/v2/blobs body, given the registration's fscache work dir */
+  registration: (workDir: string) => unknown;
+  /** what the mount table keeps besides fsid/domain/socket */
+  record: { bootstrap: string; image?: string; manifestDigest?: string };
+}
+
+export interface MountRegisteredResult {
+  mountpoint: string;
+  daemonStarted: boolean;
+  timingsMs: { daemon: number; register: number; mount: number };
+}
+
+/**
+ * The common tail of every `mount`: make sure a daemon serves `sock`, register the image, mount
+ * EROFS by fsid (unregistering again if the kernel refuses), record the mount for `umount` and
+ * `status`.
+ */
+export async function mountRegistered(req: MountRegisteredRequest): Promise<MountRegisteredResult> {
+  const mnt = path.resolve(req.mountpoint);
+  const { fsid, domainId, sock } = req;
+  const table = readMounts();
+  // records of mounts that are gone (unmounted behind our back, a reboot) do not count
+  const live = mountedPaths();
+  for (const k of Object.keys(table)) if (!live.has(k)) delete table[k];
+  if (table[mnt]) throw new NydusError('ERR_INVALID_ARGUMENT', `${req.mountpoint}: already mounted by nydus-ts (fsid ${table[mnt].fsid}); \`nydus-ts umount ${req.mountpoint}\` first`, { mountpoint: mnt });
+  const clash = Object.entries(table).find(([, r]) => r.fsid === fsid && r.domainId === domainId && r.apisock === sock);
+  if (clash) throw new NydusError('ERR_INVALID_ARGUMENT', `fsid ${fsid}: already mounted on ${clash[0]}; pass another --fsid to mount the image twice`, { fsid, mountpoint: clash[0] });
+  const t0 = performance.now();
+  const started = await ensureDaemon(sock, req.fscache, path.join(path.dirname(sock), 'daemon.log'));
+  const t1 = performance.now();
+  const workDir = path.join(path.dirname(sock), 'work', fsid);
+  fs.mkdirSync(workDir, { recursive: true });
+  await apiOk(sock, 'PUT', '/api/v2/blobs', req.registration(workDir));
+  const t2 = performance.now();
+  fs.mkdirSync(mnt, { recursive: true });
+  const opts = domainId ? `domain_id=${domainId},fsid=${fsid}` : `fsid=${fsid}`;
+  try {
+    await execFileP('mount', ['-t', 'erofs', '-o', opts, 'none', mnt]);
+  } catch (e) {
+    await apiRequest(sock, 'DELETE', `/api/v2/blobs?domain_id=${encodeURIComponent(domainId || fsid)}&blob_id=${encodeURIComponent(fsid)}`).catch(() => undefined);
+    throw new NydusError('ERR_KERNEL', `mount -t erofs -o ${opts} none ${mnt}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`, { mountpoint: mnt, fsid });
+  }
+  const t3 = performance.now();
+  const m = readMounts();
+  m[mnt] = { fsid, domainId, apisock: sock, ...req.record };
+  writeMounts(m);
+  return { mountpoint: mnt, daemonStarted: started, timingsMs: { daemon: Math.round(t1 - t0), register: Math.round(t2 - t1), mount: Math.round(t3 - t2) } };
+}
+
+function emitJson(target: string | undefined, value: unknown): void {
+  if (!target) return;
+  const text = JSON.stringify(value, null, 2) + '\n';
+  if (target === '-') process.stdout.write(text);
+  else writeFileAtomic(target, text);
 }
 
 export function addDaemonCommands(program: Command): void {
@@ -163,42 +241,96 @@ export function addDaemonCommands(program: Command): void {
 
   program
     .command('mount')
-    .description('lazily mount an image: start a daemon if needed, register the image, mount -t erofs -o fsid=…')
-    .requiredOption('-B, --bootstrap <file>', 'bootstrap')
-    .requiredOption('-D, --blob-dir <dir>', 'directory holding the blobs (localfs backend)')
-    .option('--fsid <id>', 'fscache fsid (default: derived from the bootstrap path)')
+    .description('lazily mount an image: a registry image (--image REF) or local files (--bootstrap/--blob-dir); starts a daemon if needed, registers the image, mount -t erofs -o fsid=…')
+    .option('-I, --image <ref>', 'a nydus image in a registry: host[:port]/repo[:tag][@digest] (its bootstrap is fetched, its blobs are read lazily)')
+    .option('-B, --bootstrap <file>', 'bootstrap (with --blob-dir)')
+    .option('-D, --blob-dir <dir>', 'directory holding the blobs (localfs backend)')
+    .option('--insecure', '--image: plain http to the registry (loopback registries use http anyway)')
+    .option('--platform <os/arch[/variant]>', '--image: platform to pick from a multi-platform image (default: this machine\'s)')
+    .option('--creds <user:password>', '--image: registry credentials (else $NYDUS_TS_REGISTRY_CREDS, $NYDUS_TS_REGISTRY_TOKEN, then $DOCKER_CONFIG/config.json or ~/.docker/config.json)')
+    .option('--registry-token <token>', '--image: a ready bearer token for the registry')
+    .option('--work-dir <dir>', `--image: where fetched bootstraps are cached (<dir>/bootstraps/sha256/<layer digest>.boot; default $NYDUS_TS_WORK_DIR or ${DEFAULT_IMAGE_WORK_DIR})`)
+    .addOption(new Option('--registration <format>', '--image: registration body sent to the daemon: the nydus-snapshotter "legacy" config or "v2"').choices(['legacy', 'v2']).default('legacy'))
+    .option('--fsid <id>', 'fscache fsid (default: --image: the manifest digest hex; --bootstrap: derived from the bootstrap path)')
     .option('--domain-id <d>', 'share blobs with other images of this domain (kernel ≥ 6.1)')
     .option('-A, --apisock <sock>', 'daemon API socket', DEFAULT_APISOCK)
     .option('-F, --fscache <dir>', 'cache directory for a daemon started by this command', DEFAULT_FSCACHE)
+    .option('-J, --output-json <file>', "write what was mounted as JSON ('-' = stdout)")
     .argument('<mountpoint>')
     .action(async (mnt: string, o) => {
-      const bootstrap = path.resolve(o.bootstrap);
-      if (!fs.existsSync(bootstrap)) throw new NydusError('ERR_INVALID_ARGUMENT', `--bootstrap ${o.bootstrap}: no such file`);
-      const fsid = o.fsid ?? crypto.createHash('sha256').update(bootstrap).digest('hex').slice(0, 32);
-      const domainId = o.domainId ?? '';
-      const sock = path.resolve(o.apisock);
-      await ensureDaemon(sock, path.resolve(o.fscache), path.join(path.dirname(sock), 'daemon.log'));
-      const workDir = path.join(path.dirname(sock), 'work', fsid);
-      fs.mkdirSync(workDir, { recursive: true });
-      await apiOk(sock, 'PUT', '/api/v2/blobs', {
-        type: 'bootstrap', id: fsid, domain_id: domainId,
-        config_v2: {
-          version: 2, id: fsid, backend: { type: 'localfs', localfs: { dir: path.resolve(o.blobDir) } },
-          cache: { type: 'fscache', fscache: { work_dir: workDir } }, metadata_path: bootstrap,
-        },
-      });
-      fs.mkdirSync(mnt, { recursive: true });
-      const opts = domainId ? `domain_id=${domainId},fsid=${fsid}` : `fsid=${fsid}`;
-      try {
-        await execFileP('mount', ['-t', 'erofs', '-o', opts, 'none', mnt]);
-      } catch (e) {
-        await apiRequest(sock, 'DELETE', `/api/v2/blobs?domain_id=${encodeURIComponent(domainId || fsid)}&blob_id=${encodeURIComponent(fsid)}`).catch(() => undefined);
-        throw new NydusError('ERR_KERNEL', `mount -t erofs -o ${opts} none ${mnt}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`);
+      const t0 = performance.now();
+      const local = o.bootstrap !== undefined || o.blobDir !== undefined;
+      if (o.image !== undefined && local) {
+        throw new NydusError('ERR_INVALID_ARGUMENT', '--image and --bootstrap/--blob-dir are mutually exclusive: mount either a registry image (--image REF) or local files (--bootstrap FILE --blob-dir DIR)');
       }
-      const m = readMounts();
-      m[path.resolve(mnt)] = { fsid, domainId, apisock: sock, bootstrap };
-      writeMounts(m);
-      process.stderr.write(`mounted ${bootstrap} on ${mnt} (fsid ${fsid}${domainId ? `, domain ${domainId}` : ''})\n`);
+      if (o.image === undefined && !local) throw new NydusError('ERR_INVALID_ARGUMENT', 'nothing to mount: give --image REF, or --bootstrap FILE and --blob-dir DIR');
+      const sock = path.resolve(o.apisock);
+      const fscache = path.resolve(o.fscache);
+      const domainId: string = o.domainId ?? '';
+      if (o.image === undefined) {
+        for (const f of ['insecure', 'platform', 'creds', 'registryToken', 'workDir'] as const) {
+          if (o[f] !== undefined) throw new NydusError('ERR_INVALID_ARGUMENT', `--${f.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())} only applies to --image`);
+        }
+        if (o.bootstrap === undefined) throw new NydusError('ERR_INVALID_ARGUMENT', '--blob-dir needs --bootstrap FILE');
+        if (o.blobDir === undefined) throw new NydusError('ERR_INVALID_ARGUMENT', '--bootstrap needs --blob-dir DIR');
+        const bootstrap = path.resolve(o.bootstrap);
+        if (!fs.existsSync(bootstrap)) throw new NydusError('ERR_INVALID_ARGUMENT', `--bootstrap ${o.bootstrap}: no such file`);
+        const blobDir = path.resolve(o.blobDir);
+        const fsid = o.fsid ?? crypto.createHash('sha256').update(bootstrap).digest('hex').slice(0, 32);
+        const r = await mountRegistered({
+          mountpoint: mnt, sock, fscache, fsid, domainId, record: { bootstrap },
+          registration: (workDir) => ({
+            type: 'bootstrap', id: fsid, domain_id: domainId,
+            config_v2: {
+              version: 2, id: fsid, backend: { type: 'localfs', localfs: { dir: blobDir } },
+              cache: { type: 'fscache', fscache: { work_dir: workDir } }, metadata_path: bootstrap,
+            },
+          }),
+        });
+        const totalMs = Math.round(performance.now() - t0);
+        process.stderr.write(`mounted ${bootstrap} on ${mnt} (fsid ${fsid}${domainId ? `, domain ${domainId}` : ''}) in ${(totalMs / 1000).toFixed(2)} s\n`);
+        emitJson(o.outputJson, { mountpoint: r.mountpoint, fsid, domain_id: domainId, apisock: sock, bootstrap, blob_dir: blobDir, timings_ms: { ...r.timingsMs, total: totalMs } });
+        return;
+      }
+
+      const img = await prepareImage(o.image, {
+        insecure: o.insecure === true, platform: o.platform, creds: o.creds, registryToken: o.registryToken, workDir: o.workDir,
+      });
+      const fsid: string = o.fsid ?? img.defaultFsid;
+      const r = await mountRegistered({
+        mountpoint: mnt, sock, fscache, fsid, domainId,
+        record: { bootstrap: img.bootstrap.path, image: img.reference, manifestDigest: img.manifestDigest },
+        registration: (workDir) => buildRegistration({ fsid, domainId, workDir, bootstrapPath: img.bootstrap.path, backend: img.backend, format: o.registration }),
+      });
+      const totalMs = Math.round(performance.now() - t0);
+      const report = {
+        reference: img.reference,
+        manifest_digest: img.manifestDigest,
+        root_digest: img.root.digest,
+        resolved_via: img.via,
+        platform: img.platform,
+        mountpoint: r.mountpoint,
+        fsid,
+        domain_id: domainId,
+        apisock: sock,
+        blob_ids: img.blobIds,
+        blobs: img.blobs,
+        bootstrap: { path: img.bootstrap.path, layer_digest: img.bootstrap.layerDigest, size: img.bootstrap.size, cached: img.bootstrap.cached },
+        backend: { type: 'registry', scheme: img.backend.scheme, host: img.backend.host, repo: img.backend.repo, credentials: img.credentials, auth: img.backend.auth ? 'basic' : img.backend.registry_token ? 'bearer' : 'none' },
+        registration: o.registration,
+        daemon_started: r.daemonStarted,
+        timings_ms: { resolve: img.timingsMs.resolve, bootstrap: img.timingsMs.bootstrap, ...r.timingsMs, total: totalMs },
+      };
+      const blobBytes = img.blobs.reduce((n, b) => n + b.size, 0);
+      process.stderr.write(
+        `mounted ${img.reference} (${img.manifestDigest}) on ${mnt} in ${(totalMs / 1000).toFixed(2)} s: fsid ${fsid}${domainId ? `, domain ${domainId}` : ''}, ` +
+          `${img.blobs.length} blob${img.blobs.length === 1 ? '' : 's'} (${human(blobBytes)}, read on demand), bootstrap ${human(img.bootstrap.size)} ${img.bootstrap.cached ? 'from the cache' : 'fetched'}\n`,
+      );
+      if (process.stderr.isTTY) {
+        const t = report.timings_ms;
+        process.stderr.write(`  resolve ${t.resolve} ms, bootstrap ${t.bootstrap} ms, daemon ${t.daemon} ms${r.daemonStarted ? ' (started)' : ''}, register ${t.register} ms, kernel mount ${t.mount} ms\n`);
+      }
+      emitJson(o.outputJson, report);
     });
 
   program
@@ -234,7 +366,7 @@ export function addDaemonCommands(program: Command): void {
         process.stdout.write(`daemon ${info.id ?? ''} state ${info.state}\n`);
         for (const i of metrics.images ?? []) process.stdout.write(`image ${i.id}${i.domain_id ? ` (domain ${i.domain_id})` : ''}: ${i.bootstrap}, ${i.blobs.length} blobs\n`);
         for (const b of metrics.blobs ?? []) process.stdout.write(`blob ${b.blob_id}: ${b.chunks_ready}/${b.chunk_count} chunks cached, ${b.backend_bytes} bytes fetched, ${b.reads} reads\n`);
-        for (const [mp, r] of Object.entries(readMounts())) process.stdout.write(`mount ${mp}: fsid ${r.fsid}\n`);
+        for (const [mp, r] of Object.entries(readMounts())) process.stdout.write(`mount ${mp}: fsid ${r.fsid}${r.image ? `, image ${r.image}@${r.manifestDigest}` : `, bootstrap ${r.bootstrap}`}\n`);
       }
     });
 }
