@@ -202,6 +202,40 @@ test('a chunk with a bad digest is never written, fails its request, and is retr
   w.close();
 });
 
+test('1 MiB chunks (digest checked in slices between other work): a flip in the last slice is caught, clean chunks verify', async () => {
+  const src = path.join(work, 'src-big');
+  fs.mkdirSync(src);
+  const data = crypto.randomBytes(3 * 1024 * 1024 + 5000);
+  fs.writeFileSync(path.join(src, 'f'), data);
+  const bigBoot = path.join(work, 'big.boot');
+  const bigBlobs = path.join(work, 'big-blobs');
+  const r = await createImage({ type: 'dir', source: src, bootstrap: bigBoot, blobDir: bigBlobs, chunkSize: 0x100000, compressor: 'none' });
+  for (const digester of ['blake3'] as const) {
+    const be = new CountingBackend(new LocalFsBackend({ dir: bigBlobs }));
+    const reg = new ImageRegistry({ pool });
+    reg.register({ id: `big-${digester}`, domainId: '', bootstrapPath: bigBoot, backend: be, session: { amplify: 0, decode: 'inline' } });
+    const l = reg.resolve(`big-${digester}`, r.blobs[0]);
+    assert.equal(l.kind, 'blob');
+    if (l.kind !== 'blob') return;
+    const w = new SparseFileWriter(path.join(work, `big-${digester}.cache`), 0);
+    const s = await l.open(w);
+    await s.ensure(0, 1);
+    const c1 = (s as any).chunks[1];
+    assert.equal(c1.uncompressedSize, 0x100000);
+    be.corruptAt = c1.compressedOffset + c1.compressedSize - 10; // in the last 256 KiB slice
+    await assert.rejects(Promise.all([s.ensure(c1.uncompressedOffset, 4096), s.ensure(2 * 0x100000, 4096)]), (e: any) => e.code === 'ERR_DIGEST_MISMATCH');
+    const present = await w.presentRanges();
+    assert.ok(!present.some(([a, b]) => a < c1.uncompressedOffset + c1.uncompressedSize && b > c1.uncompressedOffset), 'the corrupt chunk was written');
+    be.corruptAt = null;
+    await s.ensure(0, 3 * 1024 * 1024 + 5000);
+    assert.ok(fs.readFileSync(w.path).subarray(0, data.length).equals(data));
+    assert.equal(s.metrics().chunks_verified, 4);
+    assert.equal(s.metrics().digest_failures, 1);
+    await s.close();
+    w.close();
+  }
+});
+
 test('a reopened session trusts only what the cache file really holds', async () => {
   const be = new CountingBackend(new LocalFsBackend({ dir: blobDir }));
   const { s, w } = await open(be, 'c6');
