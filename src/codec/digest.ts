@@ -152,16 +152,6 @@ export function createSha256(): IncrementalDigest {
 }
 
 /**
- * A synchronous incremental hasher, or null where none can be made synchronously (BLAKE3 without
- * the native binding: the WebAssembly hasher is created asynchronously).
- */
-export function createDigestSync(algo: DigesterName): IncrementalDigest | null {
-  if (algo === 'sha256') return new Sha256Digest();
-  if (algo === 'blake3') return native ? new NativeBlake3Digest() : null;
-  throw new NydusError('ERR_UNSUPPORTED', `createDigestSync: unknown digester ${JSON.stringify(algo)}`, { digester: algo });
-}
-
-/**
  * Incremental hasher for either algorithm. BLAKE3 instances are independent of the shared
  * one used by digest(), so several may be in use at once.
  */

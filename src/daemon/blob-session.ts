@@ -28,7 +28,7 @@ import { readBlobMeta, findChunk } from '../blob/blob-meta';
 import { blobCodecs } from '../blob/local-blob';
 import { ChunkPool } from '../codec/chunk-pool';
 import { decompressChunk } from '../codec/compress';
-import { digest, digestReady, createDigestSync, IncrementalDigest } from '../codec/digest';
+import { digest, digestReady } from '../codec/digest';
 import { alignedBuffer } from '../sys/native';
 import { BlobBackend, BlobMetrics, BlobSession, CacheWriter } from './interfaces';
 import { BadBlobError, DigestMismatchError, NydusError } from '../errors';
@@ -165,41 +165,38 @@ function rawBufferSize(n: number): number {
 }
 
 /**
- * The main thread's decode queue (all sessions). A chunk is decoded in steps (decompress, then
- * its digest in HASH_SLICE pieces), one step per event-loop turn, so READs that arrive meanwhile
- * are dispatched and write completions (which complete READs) run within a few milliseconds
- * even under emulation, while the CPU stays busy. Chunks a request waits for go first.
+ * The main thread's decode queue (all sessions): one inline decode per event-loop turn, so READs
+ * that arrive meanwhile are dispatched and completions run between decodes. Chunks a request
+ * waits for go first; no decode starts while a write that completes a waiting request is in
+ * flight (its completion, and so the READ's, would otherwise wait for the whole decode).
  */
 interface DecodeJob {
   wanted(): boolean;
-  /** one step of work; true when the job is finished */
-  step(): boolean;
+  exec(): void;
   resolve(): void;
   reject(e: Error): void;
 }
 const inlineQueue: DecodeJob[] = [];
 let drainScheduled = false;
-const HASH_SLICE = 256 << 10;
+let urgentWrites = 0;
+const URGENT_GATE = process.env.NYDUS_TS_URGENT_GATE !== '0';
 
 function scheduleDrain(): void {
-  if (drainScheduled || inlineQueue.length === 0) return;
+  if (drainScheduled || urgentWrites > 0 || inlineQueue.length === 0) return;
   drainScheduled = true;
   setImmediate(drainOne);
 }
 
 function drainOne(): void {
   drainScheduled = false;
-  if (inlineQueue.length === 0) return;
+  if (urgentWrites > 0 || inlineQueue.length === 0) return;
   let i = inlineQueue.findIndex((j) => j.wanted());
   if (i < 0) i = 0;
-  const job = inlineQueue[i];
+  const job = inlineQueue.splice(i, 1)[0];
   try {
-    if (job.step()) {
-      inlineQueue.splice(i, 1);
-      job.resolve();
-    }
+    job.exec();
+    job.resolve();
   } catch (e) {
-    inlineQueue.splice(i, 1);
     job.reject(e as Error);
   }
   scheduleDrain();
@@ -212,8 +209,10 @@ function inlineQueueHasWanted(): boolean {
 /** The main thread's zstd decompression context (created on first use, reset after an error). */
 let dctx: zstdBinding.DCtx | undefined;
 
-/** Decompress one chunk into `dst` (exactly `c.uncompressedSize` bytes) on this thread. */
-function decompressInto(dst: Buffer, piece: Buffer, c: BlobChunk, compressor: CompressorName, blobId: string): void {
+/** Decompress + verify one chunk into `dst` (exactly `c.uncompressedSize` bytes) on this thread. */
+function decodeInto(
+  dst: Buffer, piece: Buffer, c: BlobChunk, compressor: CompressorName, digester: DigesterName, expected: Buffer | null, blobId: string,
+): void {
   const size = c.uncompressedSize;
   try {
     if (!c.compressed || compressor === 'none') {
@@ -236,43 +235,12 @@ function decompressInto(dst: Buffer, piece: Buffer, c: BlobChunk, compressor: Co
   } catch (e) {
     throw new BadBlobError(`blob ${blobId} chunk ${c.index}: cannot decompress (${(e as Error).message})`, { blobId, chunk: c.index });
   }
-}
-
-function checkDigest(got: Buffer, expected: Buffer, c: BlobChunk, blobId: string): void {
-  if (!got.equals(expected)) {
-    throw new DigestMismatchError(`blob ${blobId} chunk ${c.index}: digest ${got.toString('hex')} != expected ${expected.toString('hex')}`, { blobId, chunk: c.index });
-  }
-}
-
-/**
- * The steps of decompressing + verifying one chunk into `dst`: the first decompresses, the rest
- * hash HASH_SLICE bytes each (one step when no synchronous incremental hasher exists).
- */
-function decodeSteps(
-  dst: Buffer, piece: Buffer, c: BlobChunk, compressor: CompressorName, digester: DigesterName, expected: Buffer | null, blobId: string,
-): () => boolean {
-  const size = c.uncompressedSize;
-  let hasher: IncrementalDigest | null = null;
-  let hashed = -1;
-  return () => {
-    if (hashed < 0) {
-      decompressInto(dst, piece, c, compressor, blobId);
-      hashed = 0;
-      if (!expected) return true;
-      hasher = size > HASH_SLICE ? createDigestSync(digester) : null;
-      if (!hasher) {
-        checkDigest(digest(digester, dst.subarray(0, size)), expected, c, blobId);
-        return true;
-      }
-      return false;
+  if (expected) {
+    const got = digest(digester, dst);
+    if (!got.equals(expected)) {
+      throw new DigestMismatchError(`blob ${blobId} chunk ${c.index}: digest ${got.toString('hex')} != expected ${expected.toString('hex')}`, { blobId, chunk: c.index });
     }
-    const end = Math.min(size, hashed + HASH_SLICE);
-    hasher!.update(dst.subarray(hashed, end));
-    hashed = end;
-    if (hashed < size) return false;
-    checkDigest(hasher!.digest(), expected!, c, blobId);
-    return true;
-  };
+  }
 }
 
 interface Deferred {
@@ -507,12 +475,7 @@ export class ChunkedBlobSession implements BlobSession {
     }
     this.extra.inline_decodes++;
     return new Promise<void>((resolve, reject) => {
-      const steps = decodeSteps(dst, piece, c, compressor, digester, expected, this.blobId);
-      const step = (): boolean => {
-        if (this.closed) throw new NydusError('ERR_DAEMON', `blob ${this.blobId}: session closed`);
-        return steps();
-      };
-      inlineQueue.push({ wanted: () => this.wanted[c.index] > 0, step, resolve, reject });
+      inlineQueue.push({ wanted: () => this.wanted[c.index] > 0, exec: () => decodeInto(dst, piece, c, compressor, digester, expected, this.blobId), resolve, reject });
       scheduleDrain();
     });
   }
@@ -571,6 +534,8 @@ export class ChunkedBlobSession implements BlobSession {
     let batch: Batch | null = null;
     const settleWrite = async (b: Batch): Promise<void> => {
       const tw = performance.now();
+      const urgent = URGENT_GATE && b.members.some((k) => this.wanted[run[k].index] > 0);
+      if (urgent) urgentWrites++;
       try {
         if (this.closed) throw new NydusError('ERR_DAEMON', `blob ${this.blobId}: session closed`);
         this.extra.cache_writes++;
@@ -585,6 +550,10 @@ export class ChunkedBlobSession implements BlobSession {
         for (const k of b.members) defs[k].reject(e as Error);
       } finally {
         scratch.release(b.buf);
+        if (urgent) {
+          urgentWrites--;
+          scheduleDrain();
+        }
       }
     };
     // Cache writes overlap the decoding of the next chunks (at most MAX_RUN_WRITES in flight;
