@@ -31,9 +31,8 @@ import { RegistryClient } from '../src/oci/registry-client';
 import { MediaTypes } from '../src/oci/types';
 import { convert } from '../src/oci/convert';
 import { openSink, openSource } from '../src/oci/open';
-import { readTar } from '../src/builder/tar-reader';
-import { lsetxattr, mknod, lutimens } from '../src/sys/native';
 import { NOT_IN_VM, isMounted, run } from './helpers';
+import { ociWhiteoutsToOverlay, dirMtimesFromTar } from '../test/helpers/mount';
 
 const REPO = path.resolve(__dirname, '..', '..');
 const CLI = path.join(REPO, 'dist', 'src', 'cli', 'main.js');
@@ -149,24 +148,8 @@ async function toOverlayLayer(tarFile: string, out: string): Promise<void> {
   fs.mkdirSync(out, { recursive: true });
   const r = await run('tar', [...TAR_FLAGS, '-xpf', tarFile, '-C', out]);
   if (r.code !== 0) throw new Error(`tar -x ${tarFile}: ${r.stderr}`);
-  const walk = (d: string): void => {
-    for (const name of fs.readdirSync(d)) {
-      const p = path.join(d, name);
-      if (name === '.wh..wh..opq') {
-        fs.rmSync(p);
-        lsetxattr(d, 'trusted.overlay.opaque', Buffer.from('y'));
-      } else if (name.startsWith('.wh.')) {
-        fs.rmSync(p);
-        mknod(path.join(d, name.slice(4)), 0o020000 | 0o644, 0, 0);
-      } else if (fs.lstatSync(p).isDirectory()) walk(p);
-    }
-  };
-  walk(out);
-  for await (const e of readTar(fs.createReadStream(tarFile), { name: tarFile })) {
-    if (e.type !== 'dir') continue;
-    const ns = BigInt(e.mtime) * 1_000_000_000n + BigInt(e.mtimeNsec);
-    lutimens(Buffer.concat([Buffer.from(out + '/'), e.path]), ns, ns);
-  }
+  ociWhiteoutsToOverlay(out);
+  await dirMtimesFromTar(tarFile, out);
 }
 
 /** Overlay-mount the seeded layers (the source image as a container runtime would see it). */

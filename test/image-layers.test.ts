@@ -8,8 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { snapshotTree, diffTrees } from './helpers/tree-compare';
 import { makeTmpDir, removeTmpDir } from './helpers/tmp';
-import { cliOk, sh, Mounts } from './helpers/mount';
-import { lsetxattr, mknod, lutimens } from '../src/sys/native';
+import { cliOk, sh, Mounts, ociWhiteoutsToOverlay } from './helpers/mount';
 
 let work: string;
 const mounts = new Mounts();
@@ -42,22 +41,7 @@ function writeLayer(dir: string, spec: Spec): void {
 /** Extract an OCI layer tar as an overlayfs lower directory (char 0:0, opaque xattr). */
 function toOverlayLayer(tarFile: string, out: string): void {
   sh('tar', ['--numeric-owner', '-xpf', tarFile, '-C', out]);
-  const walk = (d: string): void => {
-    // converting markers touches the directory; restore the mtime the tar gave it
-    const st = fs.lstatSync(d, { bigint: true });
-    for (const name of fs.readdirSync(d)) {
-      const p = path.join(d, name);
-      if (name === '.wh..wh..opq') {
-        fs.rmSync(p);
-        lsetxattr(d, 'trusted.overlay.opaque', Buffer.from('y'));
-      } else if (name.startsWith('.wh.')) {
-        fs.rmSync(p);
-        mknod(path.join(d, name.slice(4)), 0o020000 | 0o644, 0, 0);
-      } else if (fs.lstatSync(p).isDirectory()) walk(p);
-    }
-    lutimens(d, st.atimeNs, st.mtimeNs);
-  };
-  walk(out);
+  ociWhiteoutsToOverlay(out);
 }
 
 const big = (seed: number, n: number): string => {

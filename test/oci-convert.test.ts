@@ -14,10 +14,9 @@ import * as zlib from 'node:zlib';
 import { compress as zstdCompress } from 'zstd-napi';
 import { snapshotTree, diffTrees } from './helpers/tree-compare';
 import { makeTmpDir, removeTmpDir } from './helpers/tmp';
-import { cli, sh, Mounts } from './helpers/mount';
+import { cli, sh, Mounts, ociWhiteoutsToOverlay, dirMtimesFromTar } from './helpers/mount';
 import { startRegistry, seedImage, skopeoInspect, TestRegistry } from './helpers/registry';
-import { lsetxattr, mknod, lutimens } from '../src/sys/native';
-import { readTar } from '../src/builder/tar-reader';
+import { lsetxattr, mknod } from '../src/sys/native';
 import { convert, checkConversion, ConvertProgress, ConvertSummary } from '../src/oci/convert';
 import { validateNydusManifest, extractBootstrapLayer, readNydusManifest } from '../src/oci/nydus-image';
 import { OciLayoutSource, OciLayoutSink, sha256Digest } from '../src/oci/layout';
@@ -85,24 +84,8 @@ const TAR_FLAGS = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--forma
 async function toOverlayLayer(tarFile: string, out: string): Promise<void> {
   fs.mkdirSync(out, { recursive: true });
   sh('tar', [...TAR_FLAGS, '-xpf', tarFile, '-C', out]);
-  const walk = (d: string): void => {
-    for (const name of fs.readdirSync(d)) {
-      const p = path.join(d, name);
-      if (name === '.wh..wh..opq') {
-        fs.rmSync(p);
-        lsetxattr(d, 'trusted.overlay.opaque', Buffer.from('y'));
-      } else if (name.startsWith('.wh.')) {
-        fs.rmSync(p);
-        mknod(path.join(d, name.slice(4)), 0o020000 | 0o644, 0, 0);
-      } else if (fs.lstatSync(p).isDirectory()) walk(p);
-    }
-  };
-  walk(out);
-  for await (const e of readTar(fs.createReadStream(tarFile), { name: tarFile })) {
-    if (e.type !== 'dir') continue;
-    const ns = BigInt(e.mtime) * 1_000_000_000n + BigInt(e.mtimeNsec);
-    lutimens(Buffer.concat([Buffer.from(out + '/'), e.path]), ns, ns);
-  }
+  ociWhiteoutsToOverlay(out);
+  await dirMtimesFromTar(tarFile, out);
 }
 
 const pseudo = (seed: number, n: number): Buffer => {

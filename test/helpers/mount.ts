@@ -2,6 +2,8 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { lsetxattr, mknod, lutimens } from '../../src/sys/native';
+import { readTar } from '../../src/builder/tar-reader';
 
 export const REPO = path.resolve(__dirname, '..', '..', '..');
 export const CLI = path.join(REPO, 'dist', 'src', 'cli', 'main.js');
@@ -56,5 +58,38 @@ export class Mounts {
         // keep unwinding; a stuck mount shows up in the next assertion anyway
       }
     }
+  }
+}
+
+/**
+ * Turn the OCI whiteout markers of an extracted layer into overlayfs form: `.wh.NAME` becomes a
+ * 0:0 character device NAME, `.wh..wh..opq` the `trusted.overlay.opaque` xattr of its directory.
+ * Directory mtimes are kept (removing a marker touches its directory).
+ */
+export function ociWhiteoutsToOverlay(dir: string): void {
+  const st = fs.lstatSync(dir, { bigint: true });
+  for (const name of fs.readdirSync(dir)) {
+    const p = path.join(dir, name);
+    if (name === '.wh..wh..opq') {
+      fs.rmSync(p);
+      lsetxattr(dir, 'trusted.overlay.opaque', Buffer.from('y'));
+    } else if (name.startsWith('.wh.')) {
+      fs.rmSync(p);
+      mknod(path.join(dir, name.slice(4)), 0o020000 | 0o644, 0, 0);
+    } else if (fs.lstatSync(p).isDirectory()) ociWhiteoutsToOverlay(p);
+  }
+  lutimens(dir, st.atimeNs, st.mtimeNs);
+}
+
+/**
+ * Set the directory mtimes of an extracted layer from the archive's directory entries, as
+ * containerd's unpacker does once all entries are in: GNU tar restores them as it leaves a
+ * directory, which is wrong for archives that come back to a directory later.
+ */
+export async function dirMtimesFromTar(tarFile: string, out: string): Promise<void> {
+  for await (const e of readTar(fs.createReadStream(tarFile), { name: tarFile })) {
+    if (e.type !== 'dir') continue;
+    const ns = BigInt(e.mtime) * 1_000_000_000n + BigInt(e.mtimeNsec);
+    lutimens(Buffer.concat([Buffer.from(out + '/'), e.path]), ns, ns);
   }
 }
