@@ -1,8 +1,9 @@
 /**
- * Chunk / blob digests. BLAKE3 comes from @napi-rs/blake-hash (the Rust blake3 crate with its
- * SIMD back ends, a prebuilt N-API binary: ≈ 25× faster than WebAssembly, which matters most on
- * the daemon's read path) and falls back to hash-wasm's WebAssembly module where no binary loads
- * (other platforms, or NYDUS_TS_BLAKE3=wasm). The WebAssembly module loads asynchronously: call
+ * Chunk / blob digests. BLAKE3 comes from @napi-rs/blake-hash's linux-x64-gnu binary (the Rust
+ * blake3 crate with its SIMD back ends, a prebuilt N-API module: ≈ 10× faster than WebAssembly,
+ * which matters most on the daemon's read path; an optional dependency, skipped by npm on other
+ * platforms) and falls back to hash-wasm's WebAssembly module where it does not load (other
+ * platforms, or NYDUS_TS_BLAKE3=wasm). The WebAssembly module loads asynchronously: call
  * `await digestReady()` once per thread, after which `digest()` is synchronous. SHA-256 uses
  * node:crypto and needs no setup.
  */
@@ -22,7 +23,7 @@ function loadNative(): NativeBlake3 | undefined {
   if (process.env.NYDUS_TS_BLAKE3 === 'wasm') return undefined;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    return require('@napi-rs/blake-hash') as NativeBlake3;
+    return require('@napi-rs/blake-hash-linux-x64-gnu') as NativeBlake3;
   } catch {
     return undefined;
   }
