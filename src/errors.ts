@@ -8,6 +8,7 @@ export type ErrorCode =
   | 'ERR_BAD_BOOTSTRAP'
   | 'ERR_BAD_BLOB'
   | 'ERR_BAD_TAR'
+  | 'ERR_BAD_MANIFEST'
   | 'ERR_DIGEST_MISMATCH'
   | 'ERR_UNSUPPORTED'
   | 'ERR_IO'

@@ -192,7 +192,7 @@ test('validateNydusManifest names every problem', () => {
     mutate(x);
     const problems = validateNydusManifest(x.manifest, x.config);
     assert.ok(problems.some((p) => re.test(p)), `${what}: ${JSON.stringify(problems)}`);
-    assert.throws(() => readNydusManifest(x.manifest, 'reg/x:nydus', x.config), (e: NydusError) => e.code === 'ERR_INVALID_ARGUMENT' && e.message.startsWith('reg/x:nydus: not a valid nydus (RAFS v6) image: ') && re.test(e.message), what);
+    assert.throws(() => readNydusManifest(x.manifest, 'reg/x:nydus', x.config), (e: NydusError) => e.code === 'ERR_BAD_MANIFEST' && e.message.startsWith('reg/x:nydus: not a valid nydus (RAFS v6) image: ') && re.test(e.message), what);
   }
 });
 

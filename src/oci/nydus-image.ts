@@ -237,11 +237,11 @@ export function validateNydusManifest(manifest: ImageManifest, config?: ImageCon
   return problems;
 }
 
-/** Split a nydus manifest into its parts; throws ERR_INVALID_ARGUMENT listing every problem. */
+/** Split a nydus manifest into its parts; throws ERR_BAD_MANIFEST listing every problem. */
 export function readNydusManifest(manifest: ImageManifest, name = 'manifest', config?: ImageConfig): NydusManifestParts {
   const problems = validateNydusManifest(manifest, config);
   if (problems.length > 0) {
-    throw new NydusError('ERR_INVALID_ARGUMENT', `${name}: not a valid nydus (RAFS v6) image: ${problems.join('; ')}`, { problems });
+    throw new NydusError('ERR_BAD_MANIFEST', `${name}: not a valid nydus (RAFS v6) image: ${problems.join('; ')}`, { problems });
   }
   const blobs = manifest.layers.slice(0, -1);
   const bootstrap = manifest.layers[manifest.layers.length - 1];
