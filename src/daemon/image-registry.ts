@@ -36,14 +36,8 @@ function checkName(what: string, v: string): void {
 
 export class ImageRegistry implements ObjectResolver {
   private readonly images = new Map<string, Image>();
-  private readonly sessions = new Set<BlobSession>();
-  /**
-   * Open sessions per backend of an unregistered image: the backend (connections, a proxy's ping
-   * timer) is closed when its image is gone and the kernel closed its last object, not before
-   * (the snapshotter unregisters before it unmounts).
-   */
-  private readonly backendUsers = new Map<BlobBackend, number>();
-  private readonly retired = new Set<BlobBackend>();
+  /** open sessions and the backend each reads from */
+  private readonly sessions = new Map<BlobSession, BlobBackend>();
 
   constructor(private readonly sessionDefaults: Pick<BlobSessionOptions, 'pool' | 'log'> = {}) {}
 
@@ -95,7 +89,7 @@ export class ImageRegistry implements ObjectResolver {
       if (inDomain && (id === undefined || img.id === id)) {
         this.images.delete(k);
         removed.push(this.publicView(img));
-        this.retire(img.reg.backend);
+        this.closeIfUnused(img.reg.backend);
       }
     }
     if (removed.length === 0) {
@@ -104,15 +98,14 @@ export class ImageRegistry implements ObjectResolver {
     return removed;
   }
 
-  private retire(backend: BlobBackend): void {
+  /**
+   * Close a backend (connections, a proxy's ping timer) once no registered image and no open
+   * session uses it: the kernel may still read through an unregistered image until it closes
+   * the image's last object (the snapshotter unregisters before it unmounts).
+   */
+  private closeIfUnused(backend: BlobBackend): void {
     if ([...this.images.values()].some((i) => i.reg.backend === backend)) return;
-    if ((this.backendUsers.get(backend) ?? 0) > 0) this.retired.add(backend);
-    else this.closeBackend(backend);
-  }
-
-  private closeBackend(backend: BlobBackend): void {
-    this.retired.delete(backend);
-    this.backendUsers.delete(backend);
+    if ([...this.sessions.values()].includes(backend)) return;
     backend.close().catch(() => undefined);
   }
 
@@ -154,18 +147,12 @@ export class ImageRegistry implements ObjectResolver {
             ...owner.reg.session, ...this.sessionDefaults,
           });
           const backend = owner.reg.backend;
-          this.sessions.add(s);
-          this.backendUsers.set(backend, (this.backendUsers.get(backend) ?? 0) + 1);
+          this.sessions.set(s, backend);
           const close = s.close.bind(s);
-          let closed = false;
           s.close = async () => {
-            this.sessions.delete(s);
+            const wasOpen = this.sessions.delete(s);
             await close();
-            if (closed) return;
-            closed = true;
-            const users = (this.backendUsers.get(backend) ?? 1) - 1;
-            this.backendUsers.set(backend, users);
-            if (users <= 0 && this.retired.has(backend)) this.closeBackend(backend);
+            if (wasOpen) this.closeIfUnused(backend);
           };
           return s;
         },
@@ -175,6 +162,6 @@ export class ImageRegistry implements ObjectResolver {
   }
 
   openSessions(): BlobSession[] {
-    return [...this.sessions];
+    return [...this.sessions.keys()];
   }
 }
