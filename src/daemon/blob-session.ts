@@ -414,10 +414,11 @@ export class ChunkedBlobSession implements BlobSession {
         flush();
         continue;
       }
-      if (i >= raFrom) this.extra.readahead_chunks++;
-      // the readahead is a run of its own: the window's chunks must not wait for its bytes
-      if (i === raFrom) flush();
-      else if (i > last && i <= ampOnly) amplified.push(i);
+      if (i >= raFrom) {
+        this.extra.readahead_chunks++;
+        // the readahead is a run of its own: the window's chunks must not wait for its bytes
+        if (i === raFrom) flush();
+      } else if (i > last && i <= ampOnly) amplified.push(i);
       const prev = run[run.length - 1];
       const adjacent = prev && prev.compressedOffset + prev.compressedSize === c.compressedOffset;
       if (run.length && (!adjacent || runBytes + c.compressedSize > this.maxMerge)) flush();
