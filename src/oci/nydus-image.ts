@@ -9,10 +9,10 @@
  * Everything here is pure (buffers in, buffers out) and deterministic: the same bootstrap gives
  * the same bootstrap layer bytes, so re-converting an image gives the same digests.
  */
-import * as crypto from 'node:crypto';
 import * as zlib from 'node:zlib';
 import { Readable } from 'node:stream';
 import { MediaTypes, NydusAnnotations, Descriptor, ImageManifest, ImageConfig } from './types';
+import { sha256Digest } from './layout';
 import { tarHeader, padLen, TAR_TRAILER } from '../tools/tar-writer';
 import { readTar } from '../builder/tar-reader';
 import { EROFS_SUPER_OFFSET, EROFS_SUPER_MAGIC } from '../format/constants';
@@ -29,10 +29,6 @@ export const NYDUS_HISTORY = { created_by: 'Nydus Converter', comment: 'Nydus Bo
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 const HEX64_RE = /^[0-9a-f]{64}$/;
-
-export function sha256Digest(data: Buffer): string {
-  return 'sha256:' + crypto.createHash('sha256').update(data).digest('hex');
-}
 
 /** The manifest layer of one nydus data blob; the blob id is the sha256 of the blob file. */
 export function nydusBlobDescriptor(blobId: string, size: number): Descriptor {
