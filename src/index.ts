@@ -2,7 +2,7 @@
 export * from './errors';
 export * as constants from './format/constants';
 export * from './format/layout';
-export { readBootstrap, RafsBootstrap } from './format/bootstrap-reader';
+export { readBootstrap, readBootstrapTables, RafsBootstrap, RafsBootstrapTables } from './format/bootstrap-reader';
 export { writeBootstrap, BootstrapInput } from './format/bootstrap-writer';
 export * from './tree/node';
 export { createImage, mergeImages, CreateOptions, MergeOptions, BuildReport, MergeReport } from './builder/build';

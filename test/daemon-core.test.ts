@@ -12,6 +12,7 @@ import { makeTmpDir, removeTmpDir } from './helpers/tmp';
 import { createImage } from '../src/builder/build';
 import { exportBlobData } from '../src/tools/export';
 import { ImageRegistry } from '../src/daemon/image-registry';
+import { readBootstrap, readBootstrapTables } from '../src/format/bootstrap-reader';
 import { LocalFsBackend } from '../src/daemon/backend';
 import { SparseFileWriter } from '../src/daemon/file-writer';
 import { BlobBackend, BlobSession } from '../src/daemon/interfaces';
@@ -100,6 +101,29 @@ test('registry resolves bootstrap and blob keys the way the kernel names them', 
   assert.equal(reg.resolve('dom', 'fs2').kind, 'unknown');
   assert.equal(reg.resolve('dom', blobId).kind, 'blob', 'fs3 still references the shared blob');
   assert.throws(() => reg.unregister('dom', 'fs2'), /blob_cache: cache entry not found/);
+});
+
+test('registration decodes the tables, not the inodes: O(chunks), and table damage is still refused', () => {
+  const reg = new ImageRegistry();
+  const be = new LocalFsBackend({ dir: blobDir });
+  const good = fs.readFileSync(boot);
+  const { sb } = readBootstrapTables(good);
+  // damage the root inode: a whole-tree reader refuses the image, the daemon need not care
+  // (it serves the bootstrap's bytes; the kernel checks every inode it reads)
+  const badInode = Buffer.from(good);
+  badInode.writeUInt16LE(0xfff0, sb.metaBlkaddr * 4096 + sb.rootNid * 32);
+  assert.throws(() => readBootstrap(badInode), /i_format 0xfff\d has unknown bits/);
+  const f1 = path.join(work, 'bad-inode.boot');
+  fs.writeFileSync(f1, badInode);
+  const r = reg.register({ id: 'inode', domainId: '', bootstrapPath: f1, backend: be });
+  assert.deepEqual(r.blobIds, [blobId]);
+  // damage the blob table: refused with the reason
+  const { ext } = readBootstrapTables(good);
+  const badTable = Buffer.from(good);
+  badTable.writeUInt32LE(0x2000, ext.blobTableOffset + 68); // chunk size: not the image's
+  const f2 = path.join(work, 'bad-table.boot');
+  fs.writeFileSync(f2, badTable);
+  assert.throws(() => reg.register({ id: 'table', domainId: '', bootstrapPath: f2, backend: be }), (e: Error) => e.message.startsWith(`${f2}: `) && /chunk size|blob/.test(e.message));
 });
 
 test('a backend is closed once its image is unregistered and the kernel closed its last object', async () => {

@@ -6,7 +6,7 @@
  * own registration only.
  */
 import * as fs from 'node:fs';
-import { readBootstrap, RafsBootstrap } from '../format/bootstrap-reader';
+import { readBootstrapTables, RafsBootstrapTables } from '../format/bootstrap-reader';
 import { BlobBackend, BlobSession, CacheWriter, ObjectLookup, ObjectResolver, RegisteredImage } from './interfaces';
 import { ChunkedBlobSession, BlobSessionOptions } from './blob-session';
 import { NydusError } from '../errors';
@@ -23,7 +23,7 @@ export interface ImageRegistration {
 }
 
 interface Image extends RegisteredImage {
-  boot: RafsBootstrap;
+  boot: RafsBootstrapTables;
   bootstrap: Buffer;
   reg: ImageRegistration;
   /** digest by ci index, per blob index */
@@ -66,7 +66,9 @@ export class ImageRegistry implements ObjectResolver {
     } catch (e) {
       throw new NydusError('ERR_INVALID_ARGUMENT', `bootstrap ${reg.bootstrapPath}: ${(e as Error).message}`, { path: reg.bootstrapPath });
     }
-    const boot = readBootstrap(bootstrap, { name: reg.bootstrapPath });
+    // the tables only: the kernel walks (and checks) the inodes itself, and parsing them here
+    // would make registration O(files) for nothing the daemon needs
+    const boot = readBootstrapTables(bootstrap, { name: reg.bootstrapPath });
     const digests = boot.blobs.map(() => new Map<number, Buffer>());
     for (const c of boot.chunkTable) digests[c.blobIndex]?.set(c.index, c.digest);
     const img: Image = {

@@ -21,7 +21,12 @@ import {
 import { TreeNode, Inode, ChunkRef, newInode, decodeRdev } from '../tree/node';
 import { BadBootstrapError } from '../errors';
 
-export interface RafsBootstrap {
+/**
+ * What a reader of blobs needs (the daemon): superblocks, device and blob tables, chunk table,
+ * prefetch table. Decoding these costs O(chunks), not O(inodes): the daemon serves the bootstrap's
+ * bytes as they are and the kernel walks the inodes itself.
+ */
+export interface RafsBootstrapTables {
   size: number;
   sb: SuperBlock;
   ext: SuperBlockExt;
@@ -34,6 +39,9 @@ export interface RafsBootstrap {
   /** bootstrap chunk table (80-byte entries) in file order */
   chunkTable: ChunkInfo[];
   prefetchNids: number[];
+}
+
+export interface RafsBootstrap extends RafsBootstrapTables {
   root: TreeNode;
   rootNid: number;
   /** nid of each decoded inode */
@@ -62,9 +70,9 @@ class Cursor {
 
 const PREFIX_BY_INDEX = new Map(XATTR_PREFIXES.map((p) => [p.index, p.prefix]));
 
-export function readBootstrap(buf: Buffer, opts: ReadOptions = {}): RafsBootstrap {
+/** Decode and validate the tables of a bootstrap, not its inodes (see RafsBootstrapTables). */
+export function readBootstrapTables(buf: Buffer, opts: Pick<ReadOptions, 'name'> = {}): RafsBootstrapTables {
   const name = opts.name ?? 'bootstrap';
-  const strict = opts.strict ?? true;
   const cur = new Cursor(buf, name);
   const fail = (msg: string, ctx: Record<string, unknown> = {}): never => {
     throw new BadBootstrapError(`${name}: ${msg}`, ctx);
@@ -142,14 +150,12 @@ export function readBootstrap(buf: Buffer, opts: ReadOptions = {}): RafsBootstra
 
   // ---- chunk table
   const chunkTable: ChunkInfo[] = [];
-  const chunkByAddr = new Map<string, ChunkInfo>();
   if (ext.chunkTableSize > 0) {
     const t = cur.slice(ext.chunkTableOffset, ext.chunkTableSize, 'chunk table');
     for (let off = 0; off < t.length; off += RAFS_CHUNK_INFO_SIZE) {
       const c = decodeChunkInfo(t, off);
       if (c.blobIndex >= nblobs) fail(`chunk table entry ${off / 80}: blob index ${c.blobIndex} out of range (${nblobs} blobs)`);
       chunkTable.push(c);
-      chunkByAddr.set(`${c.blobIndex}:${c.index}:${c.uncompressedOffset / BLK}`, c);
     }
   }
 
@@ -163,6 +169,22 @@ export function readBootstrap(buf: Buffer, opts: ReadOptions = {}): RafsBootstra
       prefetchNids.push(nid);
     }
   }
+  return { size: buf.length, sb, ext, devices, blobs, chunkSize, flags: ext.flags, compressor, digester, chunkTable, prefetchNids };
+}
+
+/** Decode and validate a whole bootstrap: its tables, then every inode reachable from the root. */
+export function readBootstrap(buf: Buffer, opts: ReadOptions = {}): RafsBootstrap {
+  const name = opts.name ?? 'bootstrap';
+  const strict = opts.strict ?? true;
+  const cur = new Cursor(buf, name);
+  const fail = (msg: string, ctx: Record<string, unknown> = {}): never => {
+    throw new BadBootstrapError(`${name}: ${msg}`, ctx);
+  };
+  const tables = readBootstrapTables(buf, { name });
+  const { sb, blobs, chunkSize, chunkTable } = tables;
+  const nblobs = blobs.length;
+  const chunkByAddr = new Map<string, ChunkInfo>();
+  for (const c of chunkTable) chunkByAddr.set(`${c.blobIndex}:${c.index}:${c.uncompressedOffset / BLK}`, c);
 
   // ---- inodes
   const metaAddr = sb.metaBlkaddr * BLK;
@@ -379,8 +401,5 @@ export function readBootstrap(buf: Buffer, opts: ReadOptions = {}): RafsBootstra
   const root = rootLoaded.dirNode!;
   root.name = Buffer.from('/');
 
-  return {
-    size: buf.length, sb, ext, devices, blobs, chunkSize, flags: ext.flags, compressor, digester,
-    chunkTable, prefetchNids, root, rootNid, nidOf, headerOf, inodeCount: inodeCache.size,
-  };
+  return { ...tables, root, rootNid, nidOf, headerOf, inodeCount: inodeCache.size };
 }
