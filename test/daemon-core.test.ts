@@ -126,6 +126,25 @@ test('registration decodes the tables, not the inodes: O(chunks), and table dama
   assert.throws(() => reg.register({ id: 'table', domainId: '', bootstrapPath: f2, backend: be }), (e: Error) => e.message.startsWith(`${f2}: `) && /chunk size|blob/.test(e.message));
 });
 
+test('prepare() loads the chunk index in the background, so the first READ fetches only its chunks', async () => {
+  const be = new CountingBackend(new LocalFsBackend({ dir: blobDir }));
+  const { s, w } = await open(be, 'prepare.cache');
+  s.prepare?.();
+  // wait until the background load has issued its reads and gone quiet
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  for (let i = 0; i < 400 && be.reads.length === 0; i++) await sleep(5);
+  for (let n = -1; n !== be.reads.length; ) {
+    n = be.reads.length;
+    await sleep(100);
+  }
+  const metaReads = be.reads.length;
+  assert.ok(metaReads >= 1, 'prepare() read the chunk index');
+  await s.ensure(0x10000, 4096);
+  assert.equal(be.reads.length, metaReads + 1, 'the READ fetched its chunk and nothing else');
+  assert.ok(fs.readFileSync(w.path).subarray(0x10000, 0x11000).equals(expected.subarray(0x10000, 0x11000)));
+  await s.close();
+});
+
 test('a backend is closed once its image is unregistered and the kernel closed its last object', async () => {
   class ClosingBackend extends LocalFsBackend {
     closes = 0;

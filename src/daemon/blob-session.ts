@@ -353,6 +353,10 @@ export class ChunkedBlobSession implements BlobSession {
     }
   }
 
+  prepare(): void {
+    if (!this.closed) this.meta().catch(() => undefined); // the first READ retries and reports it
+  }
+
   private markReady(i: number): void {
     if (!this.ready[i]) {
       this.ready[i] = 1;

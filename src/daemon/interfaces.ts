@@ -60,6 +60,12 @@ export interface BlobSession {
    * chunk whose digest does not match. Concurrent and overlapping calls are fine.
    */
   ensure(offset: number, length: number): Promise<void>;
+  /**
+   * The object is open (the kernel has its size): start loading what every READ needs (the
+   * blob's chunk index) so the first READ does not wait for it. Never throws; a failure is
+   * retried by the first READ.
+   */
+  prepare?(): void;
   metrics(): BlobMetrics;
   close(): Promise<void>;
 }

@@ -674,6 +674,8 @@ export class CachefilesFrontend {
       return;
     }
     this.log('debug', `cachefiles: OPEN ${what} → object ${objectId}, ${obj.kind}, size ${size}`, { objectId, size });
+    // after the copen: the chunk index load looks at what the cache file already holds
+    obj.session?.prepare?.();
     if (lookup.kind === 'bootstrap' && (this.opts.prefillBootstrap ?? true) && size > 0) {
       const read = lookup.read;
       const p = (async () => {
