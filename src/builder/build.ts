@@ -23,6 +23,7 @@ import { buildTreeFromTar } from './tar-source';
 import { applyLayer, cloneTree, stripWhiteouts, WhiteoutSpec } from './overlay';
 import { NydusError, invalidArgument } from '../errors';
 import { writeFileAtomic } from '../util/atomic-file';
+import { VERSION } from '../version';
 
 export type SourceType = 'dir' | 'tar' | 'targz';
 
@@ -80,7 +81,7 @@ export interface BuildReport {
   };
 }
 
-export const VERSION = '0.1.0';
+export { VERSION };
 
 export function parseChunkSize(v: string | number | undefined): number {
   if (v === undefined) return DEFAULT_CHUNK_SIZE;

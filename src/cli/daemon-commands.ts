@@ -6,16 +6,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as http from 'node:http';
 import * as crypto from 'node:crypto';
-import * as net from 'node:net';
+import type { Socket } from 'node:net';
 import { spawn, execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { Logger } from '../daemon/log';
-import { runSupervisor } from '../daemon/supervisor';
-import { Daemon, readConfigEntries } from '../daemon/daemon';
 import { NydusError } from '../errors';
 import { writeFileAtomic } from '../util/atomic-file';
-import { DEFAULT_IMAGE_WORK_DIR, buildRegistration, prepareImage } from '../oci/image-mount';
+import { DEFAULT_IMAGE_WORK_DIR } from '../oci/defaults';
 import { human } from './progress';
+// The daemon (../daemon/*) and `mount --image` (../oci/image-mount) load inside the actions that
+// use them, so that `mount`, `umount`, `status` and `--help` start without them.
 
 const execFileP = promisify(execFile);
 export const DEFAULT_RUN_DIR = process.env.NYDUS_TS_RUN_DIR ?? '/run/nydus-ts';
@@ -204,21 +203,27 @@ export function addDaemonCommands(program: Command): void {
     .addOption(new Option('--serve-child').hideHelp())
     .addOption(new Option('--restore').hideHelp());
   d.action(async (o) => {
+    const { Logger } = await import('../daemon/log');
     if ((o.id === undefined) !== (o.supervisor === undefined)) throw new NydusError('ERR_INVALID_ARGUMENT', '--id and --supervisor must be given together');
     const logFd = o.logFile ? fs.openSync(o.logFile, 'a') : 2;
     const log = new Logger(o.logLevel, logFd, o.serveChild ? `[${process.pid}] ` : '[supervisor] ');
     const fscache = path.resolve(o.fscache);
     if (!fs.existsSync(fscache) || !fs.statSync(fscache).isDirectory()) throw new NydusError('ERR_INVALID_ARGUMENT', `--fscache ${o.fscache}: not an existing directory`);
     if (!o.serveChild) {
+      const { runSupervisor } = await import('../daemon/supervisor');
       const childArgs = process.argv.slice(2);
-      await runSupervisor({ fscacheDir: fscache, fscacheTag: o.fscacheTag, apiSock: path.resolve(o.apisock), childArgs, cliPath: path.join(__dirname, 'main.js'), log, initialEntries: o.config ? readConfigEntries(o.config) : [] });
+      const initialEntries = o.config ? (await import('../daemon/daemon')).readConfigEntries(o.config) : [];
+      await runSupervisor({ fscacheDir: fscache, fscacheTag: o.fscacheTag, apiSock: path.resolve(o.apisock), childArgs, cliPath: path.join(__dirname, 'main.js'), log, initialEntries });
       await new Promise(() => undefined); // the supervisor runs until a signal
       return;
     }
     // serving child: fd 4 is the bound /dev/cachefiles; API connections come over IPC
-    const init = await new Promise<{ entries: unknown[] }>((resolve) => {
+    // (listen for the supervisor's first message before loading the daemon)
+    const initMessage = new Promise<{ entries: unknown[] }>((resolve) => {
       process.once('message', (m: { type: string; entries: unknown[] }) => resolve({ entries: m.entries }));
     });
+    const { Daemon } = await import('../daemon/daemon');
+    const init = await initMessage;
     const daemon = new Daemon({
       fscacheDir: fscache, fscacheTag: o.fscacheTag, threads: o.fscacheThreads, apiSock: path.resolve(o.apisock),
       externalConnections: true, cachefilesFd: 4, restore: o.restore === true, id: o.id, supervisor: o.supervisor, log,
@@ -226,7 +231,7 @@ export function addDaemonCommands(program: Command): void {
       onRegistrationsChanged: (entries) => process.send?.({ type: 'registrations', entries }),
     });
     process.on('message', (m: { type: string }, handle: unknown) => {
-      if (m.type === 'conn' && handle) daemon.acceptConnection(handle as net.Socket);
+      if (m.type === 'conn' && handle) daemon.acceptConnection(handle as Socket);
     });
     await daemon.run();
     process.send?.({ type: 'ready' });
@@ -293,6 +298,7 @@ export function addDaemonCommands(program: Command): void {
         return;
       }
 
+      const { prepareImage, buildRegistration } = await import('../oci/image-mount');
       const img = await prepareImage(o.image, {
         insecure: o.insecure === true, platform: o.platform, creds: o.creds, registryToken: o.registryToken, workDir: o.workDir,
       });

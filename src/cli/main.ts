@@ -5,17 +5,18 @@
  */
 import { Command, Option } from 'commander';
 import * as fs from 'node:fs';
-import { createImage, mergeImages, parseChunkSize, VERSION, writeFileAtomic, SourceType } from '../builder/build';
-import { checkImage } from '../tools/check';
-import { openImage } from '../tools/image';
-import { inspectLs, inspectStat, inspectChunks, inspectBlobs, inspectStats, inspectPrefetch, formatEntry } from '../tools/inspect';
-import { exportImage } from '../tools/export';
-import { unpackImage } from '../tools/unpack';
+import type { SourceType } from '../builder/build';
+import type { CompressorName, DigesterName } from '../format/constants';
+import { VERSION } from '../version';
+import { writeFileAtomic } from '../util/atomic-file';
 import { NydusError } from '../errors';
 import { Progress, human } from './progress';
-import { CompressorName, DigesterName } from '../format/constants';
 import { addDaemonCommands } from './daemon-commands';
 import { addOciCommands } from './oci-commands';
+
+// Start-up loads only commander and the light modules above: each command's implementation is
+// imported inside its action (`await import(…)`, a lazy require), so `--version`, `--help` and
+// e.g. `mount` do not pay for the builder, the tools, the daemon or the converter.
 
 function emitJson(target: string | undefined, value: unknown): void {
   if (!target) return;
@@ -65,6 +66,7 @@ export function buildProgram(): Command {
     .option('--threads <n>', 'worker threads for hashing and compression (default: CPU count)')
     .option('-J, --output-json <file>', "write the build report as JSON ('-' = stdout)")
     .action(async (source: string, o) => {
+      const { createImage, parseChunkSize } = await import('../builder/build');
       let type: SourceType = 'dir';
       const t = (o.type as string | undefined)?.replace(/-rafs$/, '');
       if (t) type = t as SourceType;
@@ -98,7 +100,8 @@ export function buildProgram(): Command {
     .option('--parent-bootstrap <file>', 'a bootstrap placed below the first layer')
     .option('--prefetch-patterns <file>', 'absolute paths for the prefetch table')
     .option('-J, --output-json <file>', "write the report as JSON ('-' = stdout)")
-    .action((boots: string[], o) => {
+    .action(async (boots: string[], o) => {
+      const { mergeImages } = await import('../builder/build');
       const report = mergeImages({
         bootstraps: boots, output: o.bootstrap, parentBootstrap: o.parentBootstrap,
         blobDigests: o.blobDigests ? String(o.blobDigests).split(',').filter(Boolean) : undefined,
@@ -116,6 +119,7 @@ export function buildProgram(): Command {
     .option('-v, --verbose', 'list every file and blob as it is checked')
     .option('-J, --output-json <file>', "write the report as JSON ('-' = stdout)")
     .action(async (file: string, o) => {
+      const { checkImage } = await import('../tools/check');
       const report = await checkImage(file, o.blobDir, o.verbose ? (s) => process.stdout.write(s + '\n') : undefined);
       if (o.outputJson !== '-') {
         for (const b of report.blob_details) {
@@ -137,7 +141,9 @@ export function buildProgram(): Command {
     .option('-R, --recursive', 'with ls: list the whole subtree')
     .option('--json', 'print JSON instead of text')
     .option('-J, --output-json <file>', "write the result as JSON ('-' = stdout)");
-  inspect.action((file: string, query: string[], o) => {
+  inspect.action(async (file: string, query: string[], o) => {
+    const { openImage } = await import('../tools/image');
+    const { inspectLs, inspectStat, inspectChunks, inspectBlobs, inspectStats, inspectPrefetch, formatEntry } = await import('../tools/inspect');
     const img = openImage(file);
     const [cmd = 'stats', ...rest] = query;
     const recursive = o.recursive === true;
@@ -191,6 +197,7 @@ export function buildProgram(): Command {
     .requiredOption('-O, --output <file>', 'disk image to write')
     .option('-J, --output-json <file>', "write the report as JSON ('-' = stdout)")
     .action(async (o) => {
+      const { exportImage } = await import('../tools/export');
       const prog = new Progress('export');
       const r = await exportImage(o.bootstrap, o.blobDir, o.output, (d, t) => prog.update(`${d}/${t} chunks`));
       prog.done();
@@ -206,6 +213,7 @@ export function buildProgram(): Command {
     .requiredOption('-O, --output <file>', 'tar file to write')
     .option('-J, --output-json <file>', "write the report as JSON ('-' = stdout)")
     .action(async (o) => {
+      const { unpackImage } = await import('../tools/unpack');
       const prog = new Progress('unpack');
       const r = await unpackImage(o.bootstrap, o.blobDir, o.output, (b) => prog.update(human(b)));
       prog.done();

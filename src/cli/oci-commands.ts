@@ -4,12 +4,11 @@
  */
 import { Command, Option } from 'commander';
 import * as os from 'node:os';
-import { convert, checkConversion, ConvertProgress } from '../oci/convert';
-import { openSource, openSink, closeAll, Closable } from '../oci/open';
-import { parsePlatform } from '../oci/layout';
-import { ImageSource } from '../oci/types';
-import { parseChunkSize, writeFileAtomic } from '../builder/build';
-import { CompressorName, DigesterName } from '../format/constants';
+import type { ConvertProgress } from '../oci/convert';
+import type { Closable } from '../oci/open';
+import type { ImageSource } from '../oci/types';
+import type { CompressorName, DigesterName } from '../format/constants';
+import { writeFileAtomic } from '../util/atomic-file';
 import { Progress, human } from './progress';
 import { NydusError } from '../errors';
 
@@ -72,6 +71,11 @@ export function addOciCommands(program: Command): void {
     .option('--concurrency <n>', 'layers converted at once', '2')
     .option('-J, --output-json <file>', "write the summary as JSON ('-' = stdout)")
     .action(async (o) => {
+      // implementations load on use (see main.ts)
+      const { parsePlatform } = await import('../oci/layout');
+      const { openSource, openSink, closeAll } = await import('../oci/open');
+      const { convert } = await import('../oci/convert');
+      const { parseChunkSize } = await import('../builder/build');
       const platform = parsePlatform(o.platform);
       const concurrency = Number(o.concurrency);
       if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new NydusError("ERR_INVALID_ARGUMENT", `--concurrency ${o.concurrency}: expected 1..64`);
@@ -120,6 +124,9 @@ export function addOciCommands(program: Command): void {
     .option('--work-dir <dir>', 'scratch space for the target blobs (removed afterwards)', os.tmpdir())
     .option('-J, --output-json <file>', "write the report as JSON ('-' = stdout)")
     .action(async (o) => {
+      const { parsePlatform } = await import('../oci/layout');
+      const { openSource, closeAll } = await import('../oci/open');
+      const { checkConversion } = await import('../oci/convert');
       const platform = parsePlatform(o.platform);
       const opened: Closable[] = [];
       try {

@@ -34,12 +34,10 @@ import { decodeBasicAuth, dockerConfigAuth } from '../backends/auth';
 import { BlobCacheEntryJson } from '../daemon/config';
 import { EROFS_SUPER_MAGIC, EROFS_SUPER_OFFSET } from '../format/constants';
 import { NydusError } from '../errors';
+import { DEFAULT_IMAGE_WORK_DIR } from './defaults';
 
-/**
- * Default root of `mount --image` state: bootstraps live in `<dir>/bootstraps/`. Root is needed
- * to mount anyway, so this is a system path; `$NYDUS_TS_WORK_DIR` or `--work-dir` change it.
- */
-export const DEFAULT_IMAGE_WORK_DIR = process.env.NYDUS_TS_WORK_DIR || '/var/lib/nydus-ts';
+/** Default root of `mount --image` state (defined in ./defaults, light enough for the CLI's help). */
+export { DEFAULT_IMAGE_WORK_DIR };
 
 export type RegistrationFormat = 'legacy' | 'v2';
 

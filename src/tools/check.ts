@@ -12,7 +12,7 @@ import { digestReady, sha256Hex } from '../codec/digest';
 import { BlobFeature, TOC_NAMES } from '../format/constants';
 import { walkTree, isReg } from '../tree/node';
 import { NydusError } from '../errors';
-import { VERSION } from '../builder/build';
+import { VERSION } from '../version';
 import { readTocFromFile } from './image';
 
 export interface CheckBlobReport {
