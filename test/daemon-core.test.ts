@@ -67,9 +67,9 @@ after(async () => {
   removeTmpDir(work);
 });
 
-function open(backend: BlobBackend, name: string, opts: { amplify?: number } = {}): Promise<{ s: BlobSession; w: SparseFileWriter }> {
+function open(backend: BlobBackend, name: string, opts: { amplify?: number; metaCacheDir?: string } = {}): Promise<{ s: BlobSession; w: SparseFileWriter }> {
   const reg = new ImageRegistry({ pool });
-  reg.register({ id: 'img1', domainId: '', bootstrapPath: boot, backend, session: { amplify: opts.amplify ?? 0 } });
+  reg.register({ id: 'img1', domainId: '', bootstrapPath: boot, backend, session: { amplify: opts.amplify ?? 0, metaCacheDir: opts.metaCacheDir } });
   const l = reg.resolve('img1', blobId);
   assert.equal(l.kind, 'blob');
   if (l.kind !== 'blob') throw new Error();
@@ -143,6 +143,30 @@ test('prepare() loads the chunk index in the background, so the first READ fetch
   assert.equal(be.reads.length, metaReads + 1, 'the READ fetched its chunk and nothing else');
   assert.ok(fs.readFileSync(w.path).subarray(0x10000, 0x11000).equals(expected.subarray(0x10000, 0x11000)));
   await s.close();
+});
+
+test('the chunk index is kept in the work dir: a reopened blob reads it from there; a damaged copy is fetched again', async () => {
+  const dir = path.join(work, 'meta-cache');
+  fs.mkdirSync(dir);
+  const file = path.join(dir, `${blobId}.nydus-ts.ci`);
+  const check = async (name: string, wantMetaReads: number): Promise<void> => {
+    const be = new CountingBackend(new LocalFsBackend({ dir: blobDir }));
+    const { s, w } = await open(be, name, { metaCacheDir: dir });
+    await s.ensure(0x20000, 4096);
+    assert.equal(be.reads.length, wantMetaReads + 1, `${name}: ${wantMetaReads} chunk-index read(s) and one chunk read`);
+    assert.ok(fs.readFileSync(w.path).subarray(0x20000, 0x21000).equals(expected.subarray(0x20000, 0x21000)));
+    await s.close();
+  };
+  await check('meta1.cache', 1);
+  assert.ok(fs.existsSync(file), 'the chunk index was stored');
+  await check('meta2.cache', 0);
+  const damaged = fs.readFileSync(file);
+  damaged[100] ^= 0xff;
+  fs.writeFileSync(file, damaged);
+  await check('meta3.cache', 1);
+  await check('meta4.cache', 0); // stored again, intact
+  fs.writeFileSync(file, damaged.subarray(0, 10)); // truncated
+  await check('meta5.cache', 1);
 });
 
 test('a backend is closed once its image is unregistered and the kernel closed its last object', async () => {

@@ -23,7 +23,11 @@
  * fresh memory on both sides, which only pays off when a second chunk competes for the thread.
  * Measurements: bench/read-bench.ts.
  */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { BlobEntry, BlobChunk } from '../format/layout';
+import { BLOB_CCT_HEADER_SIZE } from '../format/constants';
 import { readBlobMeta, findChunk } from '../blob/blob-meta';
 import { blobCodecs } from '../blob/local-blob';
 import { ChunkPool } from '../codec/chunk-pool';
@@ -53,6 +57,12 @@ export interface BlobSessionOptions {
   decode?: DecodeMode;
   /** the largest cache write gathering adjacent decoded chunks (default 1 MiB, at least one chunk) */
   writeBatch?: number;
+  /**
+   * Keep the blob's chunk index in `<dir>/<blob id>.nydus-ts.ci` (nydusd keeps its own
+   * `<blob id>.blob.meta` there; the names differ so a shared work dir confuses neither), so a
+   * blob opened again (a remount, a restarted daemon) needs no backend request before its reads.
+   */
+  metaCacheDir?: string;
   pool?: ChunkPool;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, ctx?: Record<string, unknown>) => void;
 }
@@ -319,11 +329,22 @@ export class ChunkedBlobSession implements BlobSession {
     if (this.chunks) return this.chunks;
     this.metaLoading ??= (async () => {
       await digestReady(); // inline verification needs the hash module in this thread
-      const meta = await readBlobMeta(this.entry, (off, len) => {
+      const fromBackend = async (off: number, len: number): Promise<Buffer> => {
         this.m.backend_requests++;
         this.m.backend_bytes += len;
-        return this.backend.readRange(this.blobId, off, len);
-      });
+        const raw = await this.backend.readRange(this.blobId, off, len);
+        await this.storeMetaCache(raw);
+        return raw;
+      };
+      const cached = await this.loadMetaCache();
+      let meta;
+      try {
+        meta = await readBlobMeta(this.entry, cached ? async () => cached : fromBackend);
+      } catch (e) {
+        if (!cached) throw e;
+        this.opts.log?.('warn', `blob ${this.blobId}: cached chunk index ${this.metaCachePath()} is unusable (${(e as Error).message}); fetching it again`);
+        meta = await readBlobMeta(this.entry, fromBackend);
+      }
       this.ready = new Uint8Array(meta.chunks.length);
       this.wanted = new Uint16Array(meta.chunks.length);
       const present = (await this.writer.presentRanges?.()) ?? [];
@@ -350,6 +371,35 @@ export class ChunkedBlobSession implements BlobSession {
     } catch (e) {
       this.metaLoading = null; // let a later request retry
       throw e;
+    }
+  }
+
+  private metaCachePath(): string | undefined {
+    return this.opts.metaCacheDir ? path.join(this.opts.metaCacheDir, `${this.blobId}.nydus-ts.ci`) : undefined;
+  }
+
+  /** The cached chunk-index bytes: `raw ‖ sha256(raw)`, raw as read from the blob; undefined if absent or damaged. */
+  private async loadMetaCache(): Promise<Buffer | undefined> {
+    const file = this.metaCachePath();
+    if (!file) return undefined;
+    const want = this.entry.ciCompressedSize + BLOB_CCT_HEADER_SIZE;
+    const data = await fs.promises.readFile(file).catch(() => undefined);
+    if (!data || data.length !== want + 32) return undefined;
+    const raw = data.subarray(0, want);
+    return crypto.createHash('sha256').update(raw).digest().equals(data.subarray(want)) ? raw : undefined;
+  }
+
+  /** Best effort: a failure only costs the next open a backend request. */
+  private async storeMetaCache(raw: Buffer): Promise<void> {
+    const file = this.metaCachePath();
+    if (!file) return;
+    const tmp = `${file}.${process.pid}.tmp`;
+    try {
+      await fs.promises.writeFile(tmp, Buffer.concat([raw, crypto.createHash('sha256').update(raw).digest()]));
+      await fs.promises.rename(tmp, file);
+    } catch (e) {
+      await fs.promises.rm(tmp, { force: true }).catch(() => undefined);
+      this.opts.log?.('warn', `blob ${this.blobId}: cannot keep the chunk index in ${file}: ${(e as Error).message}`);
     }
   }
 

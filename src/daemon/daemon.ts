@@ -17,7 +17,7 @@ import { CachefilesFrontend } from '../kernel/cachefiles';
 import { ApiServer, DaemonController } from './api-server';
 import { NormalizedEntry, parseBlobCacheEntry } from './config';
 import { Logger } from './log';
-import { VERSION } from '../builder/build';
+import { VERSION } from '../version';
 
 export type DaemonState = 'INIT' | 'READY' | 'RUNNING' | 'STOPPED' | 'UNKNOWN';
 
@@ -120,7 +120,7 @@ export class Daemon implements DaemonController {
       backend: makeBackend(entry),
       // Digests are always verified when the bootstrap records them (nydusd skips this for
       // legacy configs; serving a corrupt chunk is never acceptable here).
-      session: { amplify: entry.amplifyIo, validate: true },
+      session: { amplify: entry.amplifyIo, validate: true, metaCacheDir: entry.workDir },
       source: raw,
     };
     this.registry.register(reg);
