@@ -66,3 +66,31 @@ test('every command has --help', () => {
     assert.match(r.stdout, new RegExp(`Usage: nydus-ts ${c}`));
   }
 });
+
+/** The library modules (below dist/src) and packages a CLI invocation loads before it exits. */
+function modulesLoadedBy(args: string[]): string[] {
+  const dir = makeTmpDir('cli-modules-');
+  try {
+    const out = path.join(dir, 'modules.json');
+    const hook = path.join(dir, 'hook.js');
+    fs.writeFileSync(hook, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(out)}, JSON.stringify(Object.keys(require.cache))));\n`);
+    const r = spawnSync(process.execPath, ['-r', hook, path.join(REPO, 'dist', 'src', 'cli', 'main.js'), ...args], { encoding: 'utf8', timeout: 60_000 });
+    assert.ok(fs.existsSync(out), `the CLI did not exit normally: ${r.stderr}`);
+    const files = JSON.parse(fs.readFileSync(out, 'utf8')) as string[];
+    return files.map((f) => f.replace(/.*\/node_modules\/((@[^/]+\/)?[^/]+).*/, 'pkg:$1').replace(/.*\/dist\/src\//, '')).filter((f, i, a) => a.indexOf(f) === i);
+  } finally {
+    removeTmpDir(dir);
+  }
+}
+
+test('the CLI loads a command\'s implementation only when that command runs', () => {
+  const heavy = ['pkg:undici', 'daemon/daemon.js', 'builder/build.js', 'oci/convert.js', 'tools/check.js'];
+  for (const args of [['--version'], ['--help'], ['mount', '--help'], ['create', '--help'], ['convert', '--help']]) {
+    const loaded = modulesLoadedBy(args);
+    assert.deepEqual(heavy.filter((m) => loaded.includes(m)), [], `nydus-ts ${args.join(' ')} loaded: ${loaded.join(' ')}`);
+  }
+  // mount --image needs the registry client, not the daemon, the builder or the converter
+  const mountImage = modulesLoadedBy(['mount', '--image', '127.0.0.1:1/x:y', '--work-dir', '/nonexistent-nydus-ts', '-A', '/nonexistent-nydus-ts/api.sock', '/nonexistent-nydus-ts/mnt']);
+  assert.ok(mountImage.includes('oci/image-mount.js') && mountImage.includes('pkg:undici'), mountImage.join(' '));
+  assert.deepEqual(['daemon/daemon.js', 'builder/build.js', 'oci/convert.js'].filter((m) => mountImage.includes(m)), [], mountImage.join(' '));
+});
