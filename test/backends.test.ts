@@ -627,3 +627,24 @@ describe('registry backend', () => {
     }
   });
 });
+
+test('undici-core: the deep entry points are the classes undici exports, and request() works on them', async () => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const core = require('../src/backends/undici-core') as typeof import('../src/backends/undici-core');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const full = require('undici') as typeof import('undici');
+  assert.equal(core.Agent, full.Agent);
+  assert.equal(core.Pool, full.Pool);
+  assert.equal(core.ProxyAgent, full.ProxyAgent);
+  const server = http.createServer((req, res) => res.end(`${req.method} ${req.url}`));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const agent = new core.Agent();
+  try {
+    const res = await core.request(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v2/x/blobs/sha256:ab?n=1`, { dispatcher: agent, method: 'GET', headers: { range: 'bytes=0-1' } });
+    assert.equal(res.statusCode, 200);
+    assert.equal(await res.body.text(), 'GET /v2/x/blobs/sha256:ab?n=1');
+  } finally {
+    await agent.close();
+    server.close();
+  }
+});

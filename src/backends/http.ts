@@ -17,7 +17,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
-import { Agent, Dispatcher, Pool, ProxyAgent, request } from 'undici';
+import { Agent, Dispatcher, Pool, ProxyAgent, ProxyAgentOptions, ResponseData, request } from './undici-core';
 import { BlobBackend } from '../daemon/interfaces';
 import { HttpProxyBackendConfig } from '../daemon/config';
 import { NydusError } from '../errors';
@@ -135,7 +135,7 @@ export class HttpClient {
         requestTls: tlsOpts,
         proxyTls: { ...tlsOpts, timeout: opts.connectTimeoutMs || undefined } as Record<string, unknown>,
         factory: (origin: string | URL, o: object) => new Pool(origin, { ...o, ...limits }),
-      } as ProxyAgent.Options);
+      } as ProxyAgentOptions);
     } else {
       this.dispatcher = new Agent({ ...limits, connect });
     }
@@ -165,7 +165,7 @@ export class HttpClient {
     };
     arm();
     try {
-      let res: Dispatcher.ResponseData;
+      let res: ResponseData;
       try {
         res = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher, signal: ac.signal });
       } catch (e) {

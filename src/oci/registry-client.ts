@@ -28,7 +28,7 @@
  */
 import * as fs from 'node:fs';
 import { Readable, Transform } from 'node:stream';
-import { Dispatcher, request } from 'undici';
+import { HttpMethod, ResponseData, request } from '../backends/undici-core';
 import { DigestMismatchError, NydusError } from '../errors';
 import { RegistryAuth, dockerConfigAuth } from '../backends/auth';
 import { HttpClient, backendError, bodyExcerpt, isRetryable, isRetryableStatus, redactUrl, withRetries } from '../backends/http';
@@ -117,7 +117,7 @@ export interface CallResult {
   headers: Record<string, string | string[] | undefined>;
   url: string;
   body: Buffer;
-  stream?: Dispatcher.ResponseData['body'];
+  stream?: ResponseData['body'];
 }
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -246,11 +246,11 @@ export class RegistryClient {
         if (sent) headers.authorization = sent;
       }
       const where = `${method} ${redactUrl(current)}`;
-      let res: Dispatcher.ResponseData;
+      let res: ResponseData;
       this.stats.requests++;
       try {
         const body = o.body?.();
-        res = await request(current, { method: method as Dispatcher.HttpMethod, headers, body, dispatcher: this.http.dispatcher });
+        res = await request(current, { method: method as HttpMethod, headers, body, dispatcher: this.http.dispatcher });
       } catch (e) {
         throw backendError(`${this.name}: ${o.what}: ${where}: ${describe(e)}`, !/CERT|SELF_SIGNED|UNABLE_TO_VERIFY/.test(describe(e)), { ...ctx, url: redactUrl(current) }, e);
       }
@@ -552,7 +552,7 @@ function describe(e: unknown): string {
   return `${err?.code ? `${err.code}: ` : ''}${err?.message ?? String(e)}${cause}`;
 }
 
-async function readBody(body: Dispatcher.ResponseData['body'], max: number): Promise<Buffer> {
+async function readBody(body: ResponseData['body'], max: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of body) {
