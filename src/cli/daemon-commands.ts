@@ -10,9 +10,8 @@ import type { Socket } from 'node:net';
 import { spawn, execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { NydusError } from '../errors';
-import { writeFileAtomic } from '../util/atomic-file';
 import { DEFAULT_IMAGE_WORK_DIR } from '../oci/defaults';
-import { human } from './progress';
+import { human, emitJson } from './progress';
 // The daemon (../daemon/*) and `mount --image` (../oci/image-mount) load inside the actions that
 // use them, so that `mount`, `umount`, `status` and `--help` start without them.
 
@@ -175,13 +174,6 @@ export async function mountRegistered(req: MountRegisteredRequest): Promise<Moun
   m[mnt] = { fsid, domainId, apisock: sock, ...req.record };
   writeMounts(m);
   return { mountpoint: mnt, daemonStarted: started, timingsMs: { daemon: Math.round(t1 - t0), register: Math.round(t2 - t1), mount: Math.round(t3 - t2) } };
-}
-
-function emitJson(target: string | undefined, value: unknown): void {
-  if (!target) return;
-  const text = JSON.stringify(value, null, 2) + '\n';
-  if (target === '-') process.stdout.write(text);
-  else writeFileAtomic(target, text);
 }
 
 export function addDaemonCommands(program: Command): void {

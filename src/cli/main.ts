@@ -8,22 +8,14 @@ import * as fs from 'node:fs';
 import type { SourceType } from '../builder/build';
 import type { CompressorName, DigesterName } from '../format/constants';
 import { VERSION } from '../version';
-import { writeFileAtomic } from '../util/atomic-file';
 import { NydusError } from '../errors';
-import { Progress, human } from './progress';
+import { Progress, human, emitJson } from './progress';
 import { addDaemonCommands } from './daemon-commands';
 import { addOciCommands } from './oci-commands';
 
 // Start-up loads only commander and the light modules above: each command's implementation is
 // imported inside its action (`await import(…)`, a lazy require), so `--version`, `--help` and
 // e.g. `mount` do not pay for the builder, the tools, the daemon or the converter.
-
-function emitJson(target: string | undefined, value: unknown): void {
-  if (!target) return;
-  const text = JSON.stringify(value, null, 2) + '\n';
-  if (target === '-') process.stdout.write(text);
-  else writeFileAtomic(target, text);
-}
 
 function readPatterns(file: string | undefined): string[] | undefined {
   if (!file) return undefined;

@@ -8,16 +8,8 @@ import type { ConvertProgress } from '../oci/convert';
 import type { Closable } from '../oci/open';
 import type { ImageSource } from '../oci/types';
 import type { CompressorName, DigesterName } from '../format/constants';
-import { writeFileAtomic } from '../util/atomic-file';
-import { Progress, human } from './progress';
+import { Progress, human, emitJson } from './progress';
 import { NydusError } from '../errors';
-
-function emitJson(target: string | undefined, value: unknown): void {
-  if (!target) return;
-  const text = JSON.stringify(value, null, 2) + '\n';
-  if (target === '-') process.stdout.write(text);
-  else writeFileAtomic(target, text);
-}
 
 function bar(done: number, total: number, width = 16): string {
   const f = total > 0 ? Math.min(1, done / total) : 1;

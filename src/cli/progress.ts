@@ -1,3 +1,6 @@
+/** The CLI's output: progress lines on a terminal, sizes for people, JSON reports for tools. */
+import { writeFileAtomic } from '../util/atomic-file';
+
 /** Progress lines on a terminal (stderr, redrawn in place); silent when stderr is not a TTY. */
 export class Progress {
   private last = 0;
@@ -24,4 +27,12 @@ export function human(n: number): string {
     i++;
   }
   return `${i ? n.toFixed(1) : n} ${u[i]}`;
+}
+
+/** `--output-json TARGET`: the report as JSON on stdout ('-') or in a file written atomically. */
+export function emitJson(target: string | undefined, value: unknown): void {
+  if (!target) return;
+  const text = JSON.stringify(value, null, 2) + '\n';
+  if (target === '-') process.stdout.write(text);
+  else writeFileAtomic(target, text);
 }

@@ -154,17 +154,21 @@ function tarStream(feed: VerifiedFeed, compression: LayerCompression): { stream:
   return { stream: feed.out, gzip: compression === 'gzip' };
 }
 
-/** Stream a blob into `file` (temp name + rename), verifying digest and size. */
-async function downloadBlob(source: ImageSource, desc: Descriptor, file: string, onBytes?: (n: number) => void): Promise<void> {
-  const tmp = `${file}.${process.pid}.part`;
-  const where = `${source.name}: blob ${desc.digest}`;
-  let raw: Readable;
+/** A blob's byte stream from the source; failures other than NydusErrors become ERR_BACKEND naming `where`. */
+async function openBlobStream(source: ImageSource, desc: Descriptor, where: string): Promise<Readable> {
   try {
-    raw = await source.blobStream(desc);
+    return await source.blobStream(desc);
   } catch (e) {
     if (e instanceof NydusError) throw e;
     throw new NydusError('ERR_BACKEND', `${where}: ${(e as Error).message}`, { digest: desc.digest });
   }
+}
+
+/** Stream a blob into `file` (temp name + rename), verifying digest and size. */
+async function downloadBlob(source: ImageSource, desc: Descriptor, file: string, onBytes?: (n: number) => void): Promise<void> {
+  const tmp = `${file}.${process.pid}.part`;
+  const where = `${source.name}: blob ${desc.digest}`;
+  const raw = await openBlobStream(source, desc, where);
   const feed = new VerifiedFeed(raw, desc, where, onBytes);
   const out = fs.createWriteStream(tmp, { mode: 0o644 });
   try {
@@ -284,13 +288,7 @@ async function convertLayer(
   const where = `${source.name}: layer ${index} (${desc.digest})`;
   const compression = layerCompression(desc, where);
   const progress = (bytes: number, done: boolean): void => opts.onProgress?.({ phase: 'layer', index, count, digest: desc.digest, bytes, total: desc.size, done });
-  let raw: Readable;
-  try {
-    raw = await source.blobStream(desc);
-  } catch (e) {
-    if (e instanceof NydusError) throw e;
-    throw new NydusError('ERR_BACKEND', `${where}: ${(e as Error).message}`, { digest: desc.digest });
-  }
+  const raw = await openBlobStream(source, desc, where);
   const feed = new VerifiedFeed(raw, desc, where, (n) => progress(n, false));
   active.add(feed);
   const bootstrap = path.join(run, `layer-${index}.boot`);
