@@ -29,7 +29,6 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as net from 'node:net';
 import * as http from 'node:http';
 import * as crypto from 'node:crypto';
 import * as zlib from 'node:zlib';
@@ -37,6 +36,7 @@ import { spawn, spawnSync, execFileSync, ChildProcess } from 'node:child_process
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { DaemonApiClient } from '../src/daemon/api-client';
+import { freePort } from '../test/helpers/registry';
 
 const REPO = path.resolve(__dirname, '..', '..');
 /** the CLI that is measured: a copy on the guest's tmpfs (see installCli), else the repository's */
@@ -350,17 +350,6 @@ const median = (xs: number[]): number => {
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function httpGet(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolve, reject) => {

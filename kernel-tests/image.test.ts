@@ -27,6 +27,7 @@ import { execFile } from 'node:child_process';
 import { startRegistry, seedImage, TestRegistry, SeededImage } from '../test/helpers/registry';
 import { snapshotTree, diffTrees } from '../test/helpers/tree-compare';
 import { DaemonApiClient } from '../src/daemon/api-client';
+import type { BlobMetrics } from '../src/daemon/interfaces';
 import { RegistryClient } from '../src/oci/registry-client';
 import { MediaTypes } from '../src/oci/types';
 import { convert } from '../src/oci/convert';
@@ -80,16 +81,6 @@ interface MountJson {
   timings_ms: Record<string, number>;
 }
 
-interface BlobMetric {
-  blob_id: string;
-  backend_bytes: number;
-  backend_requests: number;
-  chunks_fetched: number;
-  chunks_verified: number;
-  digest_failures: number;
-  chunks_ready: number;
-  chunk_count: number;
-}
 
 function say(msg: string): void {
   process.stderr.write(`image-test: ${msg}\n`);
@@ -134,12 +125,12 @@ async function umountImage(mnt: string): Promise<void> {
   mounted.splice(mounted.indexOf(mnt), 1);
 }
 
-async function blobMetrics(ids: string[]): Promise<BlobMetric[]> {
-  const m = (await api!.metrics()) as { blobs: BlobMetric[] };
+async function blobMetrics(ids: string[]): Promise<BlobMetrics[]> {
+  const m = (await api!.metrics()) as { blobs: BlobMetrics[] };
   return m.blobs.filter((b) => ids.includes(b.blob_id));
 }
 
-const sum = (xs: BlobMetric[], k: 'backend_bytes' | 'backend_requests' | 'chunks_fetched'): number => xs.reduce((n, b) => n + b[k], 0);
+const sum = (xs: BlobMetrics[], k: 'backend_bytes' | 'backend_requests' | 'chunks_fetched'): number => xs.reduce((n, b) => n + b[k], 0);
 
 /**
  * Extract an OCI layer tar as an overlayfs lower directory (char 0:0 whiteouts, opaque xattr),

@@ -389,7 +389,11 @@ export class ChunkedBlobSession implements BlobSession {
     return crypto.createHash('sha256').update(raw).digest().equals(data.subarray(want)) ? raw : undefined;
   }
 
-  /** Best effort: a failure only costs the next open a backend request. */
+  /**
+   * Best effort: a failure only costs the next open a backend request. Temp name + rename like
+   * util/atomic-file, but asynchronous and without fsync: this runs in the daemon's event loop,
+   * and the stored sha256 already rejects a torn copy.
+   */
   private async storeMetaCache(raw: Buffer): Promise<void> {
     const file = this.metaCachePath();
     if (!file) return;
