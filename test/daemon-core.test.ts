@@ -13,7 +13,7 @@ import { createImage } from '../src/builder/build';
 import { exportBlobData } from '../src/tools/export';
 import { ImageRegistry } from '../src/daemon/image-registry';
 import { readBootstrap, readBootstrapTables } from '../src/format/bootstrap-reader';
-import { LocalFsBackend } from '../src/daemon/backend';
+import { LocalFsBackend } from '../src/backends/localfs';
 import { SparseFileWriter } from '../src/daemon/file-writer';
 import { BlobBackend, BlobSession } from '../src/daemon/interfaces';
 import { ChunkPool } from '../src/codec/chunk-pool';

@@ -18,7 +18,7 @@ import { human, emitJson } from './progress';
 const execFileP = promisify(execFile);
 export const DEFAULT_RUN_DIR = process.env.NYDUS_TS_RUN_DIR ?? '/run/nydus-ts';
 export const DEFAULT_APISOCK = path.join(DEFAULT_RUN_DIR, 'api.sock');
-export const DEFAULT_FSCACHE = process.env.NYDUS_TS_FSCACHE ?? '/var/lib/nydus-ts/cache';
+export const DEFAULT_FSCACHE = process.env.NYDUS_TS_CACHE_DIR ?? process.env.NYDUS_TS_FSCACHE ?? '/var/lib/nydus-ts/cache';
 
 /** One HTTP request to the daemon API over its unix socket. */
 export function apiRequest(sock: string, method: string, p: string, body?: unknown): Promise<{ status: number; body: any }> {
@@ -59,13 +59,16 @@ async function daemonAlive(sock: string): Promise<boolean> {
   }
 }
 
-/** Start a daemon in the background unless one answers on `sock`; wait until RUNNING. */
-export async function ensureDaemon(sock: string, fscache: string, logFile: string): Promise<boolean> {
+/**
+ * Start a daemon in the background unless one answers on `sock`; wait until RUNNING. It picks its
+ * front end itself (`--frontend auto`: fscache where /dev/cachefiles works, else fanotify).
+ */
+export async function ensureDaemon(sock: string, cacheDir: string, logFile: string): Promise<boolean> {
   if (await daemonAlive(sock)) return false;
   fs.mkdirSync(path.dirname(sock), { recursive: true });
-  fs.mkdirSync(fscache, { recursive: true });
+  fs.mkdirSync(cacheDir, { recursive: true });
   const out = fs.openSync(logFile, 'a');
-  const child = spawn(process.execPath, [path.join(__dirname, 'main.js'), 'daemon', '--fscache', fscache, '--apisock', sock], {
+  const child = spawn(process.execPath, [path.join(__dirname, 'main.js'), 'daemon', '--cache-dir', cacheDir, '--apisock', sock], {
     detached: true,
     stdio: ['ignore', out, out],
   });
@@ -86,6 +89,8 @@ export async function ensureDaemon(sock: string, fscache: string, logFile: strin
 }
 
 interface MountRecord {
+  /** the front end that serves it: 'fscache' (the kernel mounted by fsid) or 'fanotify' (the daemon mounted) */
+  frontend?: string;
   fsid: string;
   domainId: string;
   apisock: string;
@@ -135,6 +140,7 @@ export interface MountRegisteredRequest {
 
 export interface MountRegisteredResult {
   mountpoint: string;
+  frontend: string;
   daemonStarted: boolean;
   timingsMs: { daemon: number; register: number; mount: number };
 }
@@ -162,25 +168,40 @@ export async function mountRegistered(req: MountRegisteredRequest): Promise<Moun
   await apiOk(sock, 'PUT', '/api/v2/blobs', req.registration(workDir));
   const t2 = performance.now();
   fs.mkdirSync(mnt, { recursive: true });
-  const opts = domainId ? `domain_id=${domainId},fsid=${fsid}` : `fsid=${fsid}`;
-  try {
-    await execFileP('mount', ['-t', 'erofs', '-o', opts, 'none', mnt]);
-  } catch (e) {
-    await apiRequest(sock, 'DELETE', `/api/v2/blobs?domain_id=${encodeURIComponent(domainId || fsid)}&blob_id=${encodeURIComponent(fsid)}`).catch(() => undefined);
-    throw new NydusError('ERR_KERNEL', `mount -t erofs -o ${opts} none ${mnt}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`, { mountpoint: mnt, fsid });
+  const unregister = (): Promise<unknown> =>
+    apiRequest(sock, 'DELETE', `/api/v2/blobs?domain_id=${encodeURIComponent(domainId || fsid)}&blob_id=${encodeURIComponent(fsid)}`).catch(() => undefined);
+  const frontend: string = (await apiOk(sock, 'GET', '/api/v1/daemon')).frontend ?? 'fscache';
+  if (frontend === 'fanotify') {
+    // the daemon mounts file-backed EROFS itself, with its marked cache files as devices
+    try {
+      await apiOk(sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`, { id: fsid, domain_id: domainId });
+    } catch (e) {
+      await unregister();
+      throw e;
+    }
+  } else {
+    const opts = domainId ? `domain_id=${domainId},fsid=${fsid}` : `fsid=${fsid}`;
+    try {
+      await execFileP('mount', ['-t', 'erofs', '-o', opts, 'none', mnt]);
+    } catch (e) {
+      await unregister();
+      throw new NydusError('ERR_KERNEL', `mount -t erofs -o ${opts} none ${mnt}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`, { mountpoint: mnt, fsid });
+    }
   }
   const t3 = performance.now();
   const m = readMounts();
-  m[mnt] = { fsid, domainId, apisock: sock, ...req.record };
+  m[mnt] = { frontend, fsid, domainId, apisock: sock, ...req.record };
   writeMounts(m);
-  return { mountpoint: mnt, daemonStarted: started, timingsMs: { daemon: Math.round(t1 - t0), register: Math.round(t2 - t1), mount: Math.round(t3 - t2) } };
+  return { mountpoint: mnt, frontend, daemonStarted: started, timingsMs: { daemon: Math.round(t1 - t0), register: Math.round(t2 - t1), mount: Math.round(t3 - t2) } };
 }
 
 export function addDaemonCommands(program: Command): void {
   const d = program
     .command('daemon')
-    .description('serve RAFS v6 images to EROFS over fscache (/dev/cachefiles on-demand); nydusd singleton flags')
-    .requiredOption('-F, --fscache <dir>', 'cachefiles cache directory (on ext4/xfs/btrfs)')
+    .description('serve RAFS v6 images to the kernel: EROFS over fscache (/dev/cachefiles on-demand) or file-backed EROFS with fanotify pre-content events; nydusd singleton flags')
+    .addOption(new Option('--frontend <kind>', 'kernel front end: fscache, fanotify, or auto (fscache where /dev/cachefiles on-demand works, else fanotify where the kernel has pre-content events)').choices(['auto', 'fscache', 'fanotify']).default('auto'))
+    .option('--cache-dir <dir>', 'cache directory for either front end (on ext4, xfs or btrfs)')
+    .option('-F, --fscache <dir>', 'cachefiles cache directory: the fscache front end (nydusd compatible)')
     .option('--fscache-tag <tag>', 'cachefiles cache tag')
     .option('--fscache-threads <n>', 'worker threads for decompression and digests', (v) => Number(v))
     .option('-A, --apisock <sock>', 'HTTP API unix socket', DEFAULT_APISOCK)
@@ -191,44 +212,74 @@ export function addDaemonCommands(program: Command): void {
     .option('-l, --log-level <level>', 'trace|debug|info|warn|error', 'info')
     .option('-L, --log-file <file>', 'log to this file instead of stderr')
     .option('--log-rotation-size <mb>', 'accepted for nydusd compatibility')
-    .option('--rlimit-nofile <n>', 'accepted for nydusd compatibility')
+    .option('--rlimit-nofile <n>', 'accepted for nydusd compatibility (the fanotify front end raises the limit itself)')
     .addOption(new Option('--serve-child').hideHelp())
     .addOption(new Option('--restore').hideHelp());
   d.action(async (o) => {
     const { Logger } = await import('../daemon/log');
     if ((o.id === undefined) !== (o.supervisor === undefined)) throw new NydusError('ERR_INVALID_ARGUMENT', '--id and --supervisor must be given together');
+    if (o.fscache !== undefined && o.cacheDir !== undefined) throw new NydusError('ERR_INVALID_ARGUMENT', '--fscache and --cache-dir name the same directory: give one');
+    if (o.fscache !== undefined && o.frontend === 'fanotify') throw new NydusError('ERR_INVALID_ARGUMENT', '--fscache selects the fscache front end; use --cache-dir with --frontend fanotify');
+    const dirArg: string | undefined = o.fscache ?? o.cacheDir;
+    if (dirArg === undefined) throw new NydusError('ERR_INVALID_ARGUMENT', 'no cache directory: give --cache-dir DIR (or --fscache DIR for the fscache front end)');
+    const choice = o.fscache !== undefined ? 'fscache' : o.frontend;
     const logFd = o.logFile ? fs.openSync(o.logFile, 'a') : 2;
     const log = new Logger(o.logLevel, logFd, o.serveChild ? `[${process.pid}] ` : '[supervisor] ');
-    const fscache = path.resolve(o.fscache);
-    if (!fs.existsSync(fscache) || !fs.statSync(fscache).isDirectory()) throw new NydusError('ERR_INVALID_ARGUMENT', `--fscache ${o.fscache}: not an existing directory`);
+    const cacheDir = path.resolve(dirArg);
+    if (!fs.existsSync(cacheDir) || !fs.statSync(cacheDir).isDirectory()) throw new NydusError('ERR_INVALID_ARGUMENT', `${o.fscache !== undefined ? '--fscache' : '--cache-dir'} ${dirArg}: not an existing directory`);
+    const logFn = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, ctx?: Record<string, unknown>): void => log[level](msg, ctx);
     if (!o.serveChild) {
       const { runSupervisor } = await import('../daemon/supervisor');
+      const { openKernelHandle } = await import('../kernel/index');
       const childArgs = process.argv.slice(2);
       const initialEntries = o.config ? (await import('../daemon/daemon')).readConfigEntries(o.config) : [];
-      await runSupervisor({ fscacheDir: fscache, fscacheTag: o.fscacheTag, apiSock: path.resolve(o.apisock), childArgs, cliPath: path.join(__dirname, 'main.js'), log, initialEntries });
+      await runSupervisor({
+        apiSock: path.resolve(o.apisock), childArgs, cliPath: path.join(__dirname, 'main.js'), log, initialEntries,
+        openKernel: () => openKernelHandle(choice, cacheDir, { tag: o.fscacheTag, log: logFn }),
+      });
       await new Promise(() => undefined); // the supervisor runs until a signal
       return;
     }
-    // serving child: fd 4 is the bound /dev/cachefiles; API connections come over IPC
+    // serving child: fd 4 is the kernel handle; API connections come over IPC
     // (listen for the supervisor's first message before loading the daemon)
-    const initMessage = new Promise<{ entries: unknown[] }>((resolve) => {
-      process.once('message', (m: { type: string; entries: unknown[] }) => resolve({ entries: m.entries }));
+    const initMessage = new Promise<import('../daemon/supervisor').ChildInit>((resolve) => {
+      process.once('message', (m: import('../daemon/supervisor').ChildInit) => resolve(m));
     });
     const { Daemon } = await import('../daemon/daemon');
+    const { createFrontend } = await import('../kernel/index');
     const init = await initMessage;
+    const frontend = createFrontend({
+      kind: init.kind as 'fscache' | 'fanotify', fd: 4, cacheDir, tag: o.fscacheTag, restore: init.restore, log: logFn,
+      mounts: init.mounts as import('../daemon/interfaces').FrontendMount[],
+      onMountsChanged: (mounts) => process.send?.({ type: 'mounts', mounts }),
+    });
     const daemon = new Daemon({
-      fscacheDir: fscache, fscacheTag: o.fscacheTag, threads: o.fscacheThreads, apiSock: path.resolve(o.apisock),
-      externalConnections: true, cachefilesFd: 4, restore: o.restore === true, id: o.id, supervisor: o.supervisor, log,
+      frontend, cacheDir, threads: o.fscacheThreads, apiSock: path.resolve(o.apisock),
+      externalConnections: true, id: o.id, supervisor: o.supervisor, log,
       initialEntries: init.entries,
       onRegistrationsChanged: (entries) => process.send?.({ type: 'registrations', entries }),
+      requestExit: () => process.send?.({ type: 'exit' }),
     });
     process.on('message', (m: { type: string }, handle: unknown) => {
       if (m.type === 'conn' && handle) daemon.acceptConnection(handle as Socket);
     });
     await daemon.run();
     process.send?.({ type: 'ready' });
+    let stopping = false;
     const stop = async (): Promise<void> => {
-      await daemon.stop().catch(() => undefined);
+      if (stopping) return;
+      stopping = true;
+      // the front end unmounts first; a busy mount keeps everything serving, retried each second
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await daemon.stop();
+          break;
+        } catch (e) {
+          if (attempt % 30 === 0) log.error(`${(e as Error).message}; retrying until it is free`);
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
+      process.send?.({ type: 'stopped' });
       process.exit(0);
     };
     process.on('SIGTERM', () => void stop());
@@ -251,7 +302,8 @@ export function addDaemonCommands(program: Command): void {
     .option('--fsid <id>', 'fscache fsid (default: --image: the manifest digest hex; --bootstrap: derived from the bootstrap path)')
     .option('--domain-id <d>', 'share blobs with other images of this domain (kernel ≥ 6.1)')
     .option('-A, --apisock <sock>', 'daemon API socket', DEFAULT_APISOCK)
-    .option('-F, --fscache <dir>', 'cache directory for a daemon started by this command', DEFAULT_FSCACHE)
+    .option('--cache-dir <dir>', 'cache directory for a daemon started by this command (on ext4, xfs or btrfs)', DEFAULT_FSCACHE)
+    .addOption(new Option('-F, --fscache <dir>', 'alias of --cache-dir').hideHelp())
     .option('-J, --output-json <file>', "write what was mounted as JSON ('-' = stdout)")
     .argument('<mountpoint>')
     .action(async (mnt: string, o) => {
@@ -262,7 +314,7 @@ export function addDaemonCommands(program: Command): void {
       }
       if (o.image === undefined && !local) throw new NydusError('ERR_INVALID_ARGUMENT', 'nothing to mount: give --image REF, or --bootstrap FILE and --blob-dir DIR');
       const sock = path.resolve(o.apisock);
-      const fscache = path.resolve(o.fscache);
+      const fscache = path.resolve(o.fscache ?? o.cacheDir);
       const domainId: string = o.domainId ?? '';
       if (o.image === undefined) {
         for (const f of ['insecure', 'platform', 'creds', 'registryToken', 'workDir'] as const) {
@@ -285,8 +337,8 @@ export function addDaemonCommands(program: Command): void {
           }),
         });
         const totalMs = Math.round(performance.now() - t0);
-        process.stderr.write(`mounted ${bootstrap} on ${mnt} (fsid ${fsid}${domainId ? `, domain ${domainId}` : ''}) in ${(totalMs / 1000).toFixed(2)} s\n`);
-        emitJson(o.outputJson, { mountpoint: r.mountpoint, fsid, domain_id: domainId, apisock: sock, bootstrap, blob_dir: blobDir, timings_ms: { ...r.timingsMs, total: totalMs } });
+        process.stderr.write(`mounted ${bootstrap} on ${mnt} (fsid ${fsid}${domainId ? `, domain ${domainId}` : ''}, ${r.frontend} front end) in ${(totalMs / 1000).toFixed(2)} s\n`);
+        emitJson(o.outputJson, { mountpoint: r.mountpoint, frontend: r.frontend, fsid, domain_id: domainId, apisock: sock, bootstrap, blob_dir: blobDir, timings_ms: { ...r.timingsMs, total: totalMs } });
         return;
       }
 
@@ -308,6 +360,7 @@ export function addDaemonCommands(program: Command): void {
         resolved_via: img.via,
         platform: img.platform,
         mountpoint: r.mountpoint,
+        frontend: r.frontend,
         fsid,
         domain_id: domainId,
         apisock: sock,
@@ -333,15 +386,20 @@ export function addDaemonCommands(program: Command): void {
 
   program
     .command('umount')
-    .description('unmount an image mounted with `nydus-ts mount` and unregister it from the daemon')
+    .description('unmount an image mounted with `nydus-ts mount` and unregister it from the daemon (never lazily: a busy mount is an error)')
     .argument('<mountpoint>')
     .action(async (mnt: string) => {
       const key = path.resolve(mnt);
       const m = readMounts();
       const rec = m[key];
-      await execFileP('umount', [key]).catch((e) => {
-        throw new NydusError('ERR_KERNEL', `umount ${key}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`);
-      });
+      if (rec?.frontend === 'fanotify' && (await daemonAlive(rec.apisock))) {
+        // the daemon made the mount: it unmounts and releases the blobs' cache files
+        await apiOk(rec.apisock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(key)}`);
+      } else {
+        await execFileP('umount', [key]).catch((e) => {
+          throw new NydusError('ERR_KERNEL', `umount ${key}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`);
+        });
+      }
       if (rec) {
         await apiOk(rec.apisock, 'DELETE', `/api/v2/blobs?domain_id=${encodeURIComponent(rec.domainId || rec.fsid)}&blob_id=${encodeURIComponent(rec.fsid)}`).catch((e) => process.stderr.write(`warning: ${(e as Error).message}\n`));
         delete m[key];
@@ -351,7 +409,7 @@ export function addDaemonCommands(program: Command): void {
 
   program
     .command('status')
-    .description('show the daemon, its images and blobs, and cache usage')
+    .description('show the daemon (front end, pids), its images, mounts and blobs, and cache usage')
     .option('-A, --apisock <sock>', 'daemon API socket', DEFAULT_APISOCK)
     .option('--json', 'print JSON')
     .action(async (o) => {
@@ -361,9 +419,16 @@ export function addDaemonCommands(program: Command): void {
       const out = { daemon: info, mounts: readMounts(), metrics };
       if (o.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
       else {
-        process.stdout.write(`daemon ${info.id ?? ''} state ${info.state}\n`);
+        process.stdout.write(`daemon ${info.id ?? ''} state ${info.state}, ${info.frontend} front end, cache ${info.cache_dir}, pid ${info.pid}${info.supervisor_pid ? ` (supervisor ${info.supervisor_pid})` : ''}\n`);
         for (const i of metrics.images ?? []) process.stdout.write(`image ${i.id}${i.domain_id ? ` (domain ${i.domain_id})` : ''}: ${i.bootstrap}, ${i.blobs.length} blobs\n`);
-        for (const b of metrics.blobs ?? []) process.stdout.write(`blob ${b.blob_id}: ${b.chunks_ready}/${b.chunk_count} chunks cached, ${b.backend_bytes} bytes fetched, ${b.reads} reads\n`);
+        for (const b of metrics.blobs ?? []) {
+          let line = `blob ${b.blob_id}: ${b.chunks_ready}/${b.chunk_count} chunks cached, ${human(b.backend_bytes)} fetched, ${b.reads} fills`;
+          if (b.events !== undefined) {
+            line += `; ${b.events} events (${b.fast_path} fast, ${b.slow_path} filled, ${b.denials} denied), event p50 ${b.event_latency.p50_ms.toFixed(3)} ms p99 ${b.event_latency.p99_ms.toFixed(3)} ms${b.done ? ', complete: no more events' : ''}`;
+          }
+          process.stdout.write(line + '\n');
+        }
+        for (const mt of metrics.mounts ?? []) process.stdout.write(`daemon mount ${mt.mountpoint}: image ${mt.id}${mt.domainId ? ` (domain ${mt.domainId})` : ''}\n`);
         for (const [mp, r] of Object.entries(readMounts())) process.stdout.write(`mount ${mp}: fsid ${r.fsid}${r.image ? `, image ${r.image}@${r.manifestDigest}` : `, bootstrap ${r.bootstrap}`}\n`);
       }
     });

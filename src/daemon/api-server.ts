@@ -57,6 +57,15 @@ export interface DaemonController {
   metrics(id?: string): unknown;
   /** `GET /api/v1/daemon/events` */
   events(): unknown[];
+  /**
+   * optional: `POST /api/v1/mount?mountpoint=M` with `{"id": …, "domain_id": …}` — mount a
+   * registered image (front ends whose mounts the daemon makes: fanotify). Without it, 501.
+   */
+  mount?(id: string, domainId: string, mountpoint: string): Promise<unknown>;
+  /** optional: `DELETE /api/v1/mount?mountpoint=M` (never lazily: busy → 409) */
+  unmount?(mountpoint: string): Promise<void>;
+  /** optional: `GET /api/v1/mount`: the daemon's mounts */
+  mounts?(): unknown[];
   /** optional: `GET /api/v1/metrics/backend[?id=]`; without it the route answers 404 */
   backendMetrics?(id?: string): unknown;
 }
@@ -480,7 +489,30 @@ export class ApiServer {
       });
     }
     this.route('/api/v1/metrics/inflight', { GET: unsupported });
-    this.route('/api/v1/mount', { GET: unsupported, POST: unsupported, PUT: unsupported, DELETE: unsupported });
+    const mountpointOf = (q: URLSearchParams): string => {
+      const m = q.get('mountpoint');
+      if (!m || !m.startsWith('/') || m.includes('\0')) throw new RouteError(400, 'bad request: the mountpoint query parameter must be an absolute path');
+      return m;
+    };
+    this.route('/api/v1/mount', {
+      GET: () => (c.mounts ? c.mounts() : unsupported()),
+      POST: async (ctx) => {
+        if (!c.mount) unsupported();
+        const mnt = mountpointOf(ctx.query);
+        const body = parseJson(await ctx.body(), 'POST /api/v1/mount');
+        const b = body as Record<string, unknown> | null;
+        if (typeof b !== 'object' || b === null || typeof b.id !== 'string' || !b.id || (b.domain_id !== undefined && typeof b.domain_id !== 'string')) {
+          throw new RouteError(400, 'bad request: body must be {"id": "<registered image id>", "domain_id": "<optional>"}');
+        }
+        return c.mount!(b.id, (b.domain_id as string | undefined) ?? '', mnt);
+      },
+      PUT: unsupported,
+      DELETE: async (ctx) => {
+        if (!c.unmount) unsupported();
+        await c.unmount!(mountpointOf(ctx.query));
+        return undefined;
+      },
+    });
     this.route('/api/v1/config', { GET: unsupported, PUT: unsupported });
   }
 

@@ -411,6 +411,18 @@ export class ChunkedBlobSession implements BlobSession {
     if (!this.closed) this.meta().catch(() => undefined); // the first READ retries and reports it
   }
 
+  forget(offset: number, length: number): void {
+    const chunks = this.chunks;
+    if (!chunks || length <= 0) return;
+    for (let i = 0; i < chunks.length; i++) {
+      const c = chunks[i];
+      if (c.uncompressedOffset < offset + length && c.uncompressedOffset + c.uncompressedSize > offset && this.ready[i]) {
+        this.ready[i] = 0;
+        this.m.chunks_ready--;
+      }
+    }
+  }
+
   private markReady(i: number): void {
     if (!this.ready[i]) {
       this.ready[i] = 1;

@@ -1,19 +1,19 @@
 /**
- * The serving daemon: images registry + chunk pool + a kernel front end + the nydusd-compatible
- * API. Runs as the child of a supervisor (src/daemon/supervisor.ts) that owns the
- * /dev/cachefiles fd and the API socket, so that a crashed child can be replaced without failing
- * a read: the new child gets the same fds, re-registers the images and writes `restore`.
+ * The serving daemon: images registry + chunk pool + a kernel front end (KernelFrontend: fscache
+ * or fanotify, built in src/kernel/) + the nydusd-compatible API. Runs as the child of a
+ * supervisor (src/daemon/supervisor.ts) that owns the kernel handle and the API socket, so that a
+ * crashed child can be replaced without failing a read: the new child gets the same fds,
+ * re-registers the images and takes over the front end's pending work.
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { ImageRegistry, ImageRegistration } from './image-registry';
-import { LocalFsBackend } from './backend';
+import { LocalFsBackend } from '../backends/localfs';
 import { makeNetworkBackend } from '../backends/proxy';
-import { BlobBackend } from './interfaces';
+import { BlobBackend, FrontendMount, KernelFrontend } from './interfaces';
 import { ChunkPool } from '../codec/chunk-pool';
 import { digestReady } from '../codec/digest';
 import { NydusError } from '../errors';
-import { CachefilesFrontend } from '../kernel/cachefiles';
 import { ApiServer, DaemonController } from './api-server';
 import { NormalizedEntry, parseBlobCacheEntry } from './config';
 import { Logger } from './log';
@@ -22,16 +22,16 @@ import { VERSION } from '../version';
 export type DaemonState = 'INIT' | 'READY' | 'RUNNING' | 'STOPPED' | 'UNKNOWN';
 
 export interface DaemonOptions {
-  fscacheDir: string;
-  fscacheTag?: string;
+  /** the kernel front end (src/kernel/index.ts createFrontend) */
+  frontend: KernelFrontend;
+  /** the cache directory (reported) */
+  cacheDir: string;
   threads?: number;
   apiSock: string;
   /** API connections are handed over by a supervisor (acceptConnection) instead of a socket */
   externalConnections?: boolean;
-  /** an inherited, already bound /dev/cachefiles fd */
-  cachefilesFd?: number;
-  /** write `restore` on the inherited fd (a replacement child) */
-  restore?: boolean;
+  /** `PUT /api/v1/daemon/exit` after the front end stopped: end the whole daemon (the supervisor) */
+  requestExit?: () => void;
   id?: string;
   supervisor?: string;
   log: Logger;
@@ -63,7 +63,7 @@ export function makeBackend(entry: NormalizedEntry): BlobBackend {
 export class Daemon implements DaemonController {
   state: DaemonState = 'INIT';
   readonly registry: ImageRegistry;
-  private frontend?: CachefilesFrontend;
+  private readonly frontend: KernelFrontend;
   private api?: ApiServer;
   private pool?: ChunkPool;
   private readonly entries = new Map<string, unknown>();
@@ -71,6 +71,7 @@ export class Daemon implements DaemonController {
 
   constructor(private readonly opts: DaemonOptions) {
     this.registry = new ImageRegistry({ log: (level, msg, ctx) => opts.log[level](msg, ctx) });
+    this.frontend = opts.frontend;
   }
 
   /** Bring the daemon up: pool, restored registrations, kernel front end, API. */
@@ -85,20 +86,13 @@ export class Daemon implements DaemonController {
         this.opts.log.error(`re-registering an image after failover failed: ${(e as Error).message}`);
       }
     }
-    this.frontend = CachefilesFrontend.open({
-      dir: this.opts.fscacheDir,
-      tag: this.opts.fscacheTag,
-      inheritedFd: this.opts.cachefilesFd,
-      restore: this.opts.restore,
-      log: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, ctx?: Record<string, unknown>) => this.opts.log[level](msg, ctx),
-    });
-    this.frontend.start(this.registry);
+    await this.frontend.start(this.registry);
     this.state = 'RUNNING';
     // With a supervisor, an unbound server: connections arrive through acceptConnection().
     const server = this.opts.externalConnections ? new net.Server() : undefined;
     this.api = new ApiServer(this, { socketPath: this.opts.apiSock, server, log: this.opts.log, version: { package_ver: VERSION } });
     await this.api.listen();
-    this.opts.log.info(`serving: fscache dir ${this.opts.fscacheDir}, API ${this.opts.apiSock}`);
+    this.opts.log.info(`serving: ${this.frontend.kind} front end, cache dir ${this.opts.cacheDir}, API ${this.opts.apiSock}`);
   }
 
   /** serve an API connection accepted by the supervisor */
@@ -107,9 +101,12 @@ export class Daemon implements DaemonController {
     else socket.destroy();
   }
 
-  info(): { id: string | null; supervisor: string | null; state: DaemonState; pid: number; supervisor_pid: number | null } {
+  info(): { id: string | null; supervisor: string | null; state: DaemonState; pid: number; supervisor_pid: number | null; frontend: string; cache_dir: string } {
     // pid of the serving process (tests kill it to prove failover) and of its supervisor
-    return { id: this.opts.id ?? null, supervisor: this.opts.supervisor ?? null, state: this.state, pid: process.pid, supervisor_pid: this.opts.externalConnections ? process.ppid : null };
+    return {
+      id: this.opts.id ?? null, supervisor: this.opts.supervisor ?? null, state: this.state, pid: process.pid,
+      supervisor_pid: this.opts.externalConnections ? process.ppid : null, frontend: this.frontend.kind, cache_dir: this.opts.cacheDir,
+    };
   }
 
   async register(entry: NormalizedEntry, raw?: unknown, notify = true): Promise<void> {
@@ -136,7 +133,28 @@ export class Daemon implements DaemonController {
 
   async cull(blobId: string): Promise<void> {
     if (this.registry.blobInUse(blobId)) throw new NydusError('ERR_DAEMON', `blob ${blobId} is in use by a registered image`);
-    await this.frontend?.cull(blobId);
+    if (!this.frontend.cull) throw new NydusError('ERR_UNSUPPORTED', `the ${this.frontend.kind} front end cannot cull blobs`);
+    await this.frontend.cull(blobId);
+  }
+
+  /** `POST /api/v1/mount?mountpoint=`: mount a registered image (front ends that mount themselves). */
+  async mount(id: string, domainId: string, mountpoint: string): Promise<FrontendMount> {
+    if (!this.frontend.mount) {
+      throw new NydusError('ERR_UNSUPPORTED', `the ${this.frontend.kind} front end does not mount images itself: the kernel mounts them (mount -t erofs -o fsid=${id}${domainId ? `,domain_id=${domainId}` : ''})`, { httpStatus: 501 });
+    }
+    const image = this.registry.find(id, domainId);
+    if (!image) throw new NydusError('ERR_NOT_FOUND', `no registered image ${id}${domainId ? ` in domain ${domainId}` : ''}: register it first (PUT /api/v2/blobs)`, { id, domainId, httpStatus: 404 });
+    return this.frontend.mount(image, mountpoint);
+  }
+
+  /** `DELETE /api/v1/mount?mountpoint=`: never lazily; a busy mount is a 409 and stays served. */
+  async unmount(mountpoint: string): Promise<void> {
+    if (!this.frontend.unmount) throw new NydusError('ERR_UNSUPPORTED', `the ${this.frontend.kind} front end does not mount images itself: use umount(8)`, { httpStatus: 501 });
+    await this.frontend.unmount(mountpoint);
+  }
+
+  mounts(): FrontendMount[] {
+    return this.frontend.mounts?.() ?? [];
   }
 
   /** API `PUT /api/v1/daemon/start`: Ready → Running (we serve from the start). */
@@ -144,9 +162,11 @@ export class Daemon implements DaemonController {
     this.state = 'RUNNING';
   }
 
+  /** Unmount (busy → error, the daemon keeps serving), then end the daemon. */
   async exit(): Promise<void> {
+    await this.frontend.stop();
     this.state = 'STOPPED';
-    setImmediate(() => process.kill(process.pid, 'SIGTERM'));
+    setImmediate(() => (this.opts.requestExit ? this.opts.requestExit() : process.kill(process.pid, 'SIGTERM')));
   }
 
   /**
@@ -173,8 +193,9 @@ export class Daemon implements DaemonController {
     const blobIds = new Set(images.flatMap((i) => i.blobIds));
     return {
       images: images.map((i) => ({ id: i.id, domain_id: i.domainId, bootstrap: i.bootstrapPath, blobs: i.blobIds })),
-      blobs: sessions.filter((m) => !id || blobIds.has(m.blob_id)),
-      frontend: this.frontend?.stats() ?? null,
+      blobs: sessions.filter((m) => !id || blobIds.has(m.blob_id)).map((m) => ({ ...m, ...this.frontend.blobStats?.(m.blob_id) })),
+      mounts: this.mounts(),
+      frontend: this.frontend.stats(),
     };
   }
 
@@ -182,10 +203,11 @@ export class Daemon implements DaemonController {
     return this.eventLog;
   }
 
+  /** Stop: the front end first (it unmounts; a busy mount throws and everything keeps serving). */
   async stop(): Promise<void> {
+    await this.frontend.stop();
     this.state = 'STOPPED';
     await this.api?.close();
-    await this.frontend?.stop();
     for (const s of this.registry.openSessions()) await s.close();
     await this.pool?.close();
   }

@@ -7,7 +7,8 @@
  */
 import * as fs from 'node:fs';
 import { readBootstrapTables, RafsBootstrapTables } from '../format/bootstrap-reader';
-import { BlobBackend, BlobSession, CacheWriter, ObjectLookup, ObjectResolver, RegisteredImage } from './interfaces';
+import { BlobBackend, BlobSession, CacheWriter, ImageSource, ObjectLookup, RegisteredImage } from './interfaces';
+import type { BlobEntry } from '../format/layout';
 import { ChunkedBlobSession, BlobSessionOptions } from './blob-session';
 import { NydusError } from '../errors';
 
@@ -34,7 +35,7 @@ function checkName(what: string, v: string): void {
   if (v.includes('/') || v.includes('\0') || v.length > 240) throw new NydusError('ERR_INVALID_ARGUMENT', `${what} "${v}" must be a file-name-safe string without '/' (≤ 240 bytes)`);
 }
 
-export class ImageRegistry implements ObjectResolver {
+export class ImageRegistry implements ImageSource {
   private readonly images = new Map<string, Image>();
   /** open sessions and the backend each reads from */
   private readonly sessions = new Map<BlobSession, BlobBackend>();
@@ -144,23 +145,51 @@ export class ImageRegistry implements ObjectResolver {
       return {
         kind: 'blob',
         image: this.publicView(owner),
-        open: async (writer: CacheWriter) => {
-          const s = new ChunkedBlobSession(owner.boot.blobs[idx], owner.reg.backend, writer, owner.digests[idx], {
-            ...owner.reg.session, ...this.sessionDefaults,
-          });
-          const backend = owner.reg.backend;
-          this.sessions.set(s, backend);
-          const close = s.close.bind(s);
-          s.close = async () => {
-            const wasOpen = this.sessions.delete(s);
-            await close();
-            if (wasOpen) this.closeIfUnused(backend);
-          };
-          return s;
-        },
+        open: async (writer: CacheWriter) => this.openSession(owner, idx, writer),
       };
     }
     return { kind: 'unknown', reason: `no registered image in volume "erofs,${domain}" has an object "${cookie}"` };
+  }
+
+  find(id: string, domainId: string): RegisteredImage | undefined {
+    const img = this.images.get(this.key(id, domainId));
+    return img && this.publicView(img);
+  }
+
+  /** the first registered image holding `blobId`, and the blob's index in it */
+  private owner(blobId: string): { img: Image; idx: number } | undefined {
+    for (const img of this.images.values()) {
+      const idx = img.blobIds.indexOf(blobId);
+      if (idx >= 0) return { img, idx };
+    }
+    return undefined;
+  }
+
+  blobEntry(blobId: string): BlobEntry | undefined {
+    const o = this.owner(blobId);
+    return o && o.img.boot.blobs[o.idx];
+  }
+
+  openBlob(blobId: string, writer: CacheWriter): BlobSession {
+    const o = this.owner(blobId);
+    if (!o) throw new NydusError('ERR_NOT_FOUND', `no registered image has blob ${blobId}`, { blobId });
+    return this.openSession(o.img, o.idx, writer);
+  }
+
+  /** A session over `owner`'s backend and digests; the backend is closed with its last user. */
+  private openSession(owner: Image, idx: number, writer: CacheWriter): BlobSession {
+    const s = new ChunkedBlobSession(owner.boot.blobs[idx], owner.reg.backend, writer, owner.digests[idx], {
+      ...owner.reg.session, ...this.sessionDefaults,
+    });
+    const backend = owner.reg.backend;
+    this.sessions.set(s, backend);
+    const close = s.close.bind(s);
+    s.close = async () => {
+      const wasOpen = this.sessions.delete(s);
+      await close();
+      if (wasOpen) this.closeIfUnused(backend);
+    };
+    return s;
   }
 
   openSessions(): BlobSession[] {

@@ -66,6 +66,11 @@ export interface BlobSession {
    * retried by the first READ.
    */
   prepare?(): void;
+  /**
+   * The cache lost [offset, offset+length) behind the session's back (a punched or truncated
+   * cache file): chunks overlapping it are no longer ready, so the next ensure() fetches them.
+   */
+  forget?(offset: number, length: number): void;
   metrics(): BlobMetrics;
   close(): Promise<void>;
 }
@@ -89,4 +94,51 @@ export type ObjectLookup =
 export interface ObjectResolver {
   /** volume = domain or fsid (without the "erofs," prefix); cookie = fsid or blob id */
   resolve(domain: string, cookie: string): ObjectLookup;
+}
+
+/** What a kernel front end reads from the daemon core: the registered images and their blobs. */
+export interface ImageSource extends ObjectResolver {
+  /** a registered image by id (and domain; '' = none) */
+  find(id: string, domainId: string): RegisteredImage | undefined;
+  /** Open a session for a data blob of any registered image (its backend, digests, options). */
+  openBlob(blobId: string, writer: CacheWriter): BlobSession;
+  /** the blob's table entry (sizes, codecs) from any registered image, or undefined */
+  blobEntry(blobId: string): BlobEntry | undefined;
+}
+
+/** A mount the daemon made itself (the fanotify front end mounts file-backed EROFS). */
+export interface FrontendMount {
+  mountpoint: string;
+  id: string;
+  domainId: string;
+  bootstrap: string;
+  blobIds: string[];
+  /** ISO time of the mount */
+  mountedAt: string;
+}
+
+/**
+ * A kernel front end: how the kernel asks the daemon core for bytes. Two implement it in
+ * src/kernel/: fscache on-demand (/dev/cachefiles; the kernel mounts by fsid and asks for
+ * objects) and fanotify pre-content events (the daemon mounts file-backed EROFS itself and fills
+ * sparse cache files). The daemon core and its API know nothing else about the kernel.
+ */
+export interface KernelFrontend {
+  /** 'fscache' | 'fanotify' */
+  readonly kind: string;
+  /** Serve the kernel from `images`; returns once requests can be answered. */
+  start(images: ImageSource): Promise<void>;
+  /** front-end counters for the metrics API */
+  stats(): unknown;
+  /** per-blob counters merged into the blob's metrics (events, fast/slow path, latency …) */
+  blobStats?(blobId: string): Record<string, unknown> | undefined;
+  /** Mount a registered image (front ends whose mounts the daemon makes). */
+  mount?(image: RegisteredImage, mountpoint: string): Promise<FrontendMount>;
+  /** Unmount (never lazily): a busy mount is an error and stays served. */
+  unmount?(mountpoint: string): Promise<void>;
+  mounts?(): FrontendMount[];
+  /** Drop a blob's cached data that no image uses. */
+  cull?(blobId: string): Promise<unknown>;
+  /** Stop serving; with mounts the daemon made, they are unmounted first (busy → error). */
+  stop(): Promise<void>;
 }

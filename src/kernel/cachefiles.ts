@@ -24,7 +24,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { NydusError } from '../errors';
-import { BlobSession, ObjectLookup, ObjectResolver } from '../daemon/interfaces';
+import { BlobSession, KernelFrontend, ObjectLookup, ObjectResolver } from '../daemon/interfaces';
 import { AnonFdWriter, AlignedBufferPool } from './cache-writer';
 import { errnoName, ioctl, pipe2, poll, setCloexec, O_CLOEXEC, O_NONBLOCK, POLLIN, POLLNVAL, POLLERR, POLLHUP } from '../sys/native';
 
@@ -448,7 +448,8 @@ const defaultLog: CachefilesLog = (level, msg, ctx) => {
 
 const errMsg = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
-export class CachefilesFrontend {
+export class CachefilesFrontend implements KernelFrontend {
+  readonly kind = 'fscache';
   private readonly log: CachefilesLog;
   private readonly objects = new Map<number, CacheObject>();
   private readonly handlers = new Set<Promise<void>>();
@@ -508,7 +509,7 @@ export class CachefilesFrontend {
   }
 
   /** Start serving requests with `resolver`. Returns at once; the loop runs until `stop()`. */
-  start(resolver: ObjectResolver): void {
+  async start(resolver: ObjectResolver): Promise<void> {
     if (this.worker) throw new NydusError('ERR_DAEMON', 'cachefiles front end already started');
     if (this.stopping) throw new NydusError('ERR_DAEMON', 'cachefiles front end is stopped');
     this.resolver = resolver;

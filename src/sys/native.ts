@@ -521,3 +521,174 @@ export function socketpair(domain = AF_UNIX, type = SOCK_SEQPACKET | SOCK_CLOEXE
   if (Number(f(domain, type, protocol, out)) < 0) throw sysError('socketpair', undefined, lastErrno(), { domain, type });
   return [out[0], out[1]];
 }
+
+// ---------------------------------------------------------------------------------------------
+// fanotify(7) pre-content events (spec fanotify.md §2)
+// ---------------------------------------------------------------------------------------------
+
+export const FAN_CLOEXEC = 0x1;
+export const FAN_NONBLOCK = 0x2;
+export const FAN_CLASS_PRE_CONTENT = 0x8;
+export const FAN_UNLIMITED_QUEUE = 0x10;
+export const FAN_UNLIMITED_MARKS = 0x20;
+export const FAN_MARK_ADD = 0x1;
+export const FAN_MARK_REMOVE = 0x2;
+export const FAN_MARK_IGNORED_SURV_MODIFY = 0x40;
+export const FAN_MARK_FLUSH = 0x80;
+export const FAN_MARK_IGNORE = 0x400;
+export const FAN_MARK_INODE = 0x0;
+export const FAN_MARK_MOUNT = 0x10;
+export const FAN_PRE_ACCESS = 0x00100000n;
+export const O_RDWR = 2;
+
+/** fanotify_init(2): the group fd. */
+export function fanotifyInit(flags: number, eventFlags: number): number {
+  const r = Number(fn('int fanotify_init(unsigned int flags, unsigned int event_f_flags)')(flags >>> 0, eventFlags >>> 0));
+  if (r < 0) throw sysError('fanotify_init', undefined, lastErrno(), { detail: `(flags 0x${flags.toString(16)})`, flags });
+  return r;
+}
+
+/** fanotify_mark(2) on a path (dirfd AT_FDCWD). */
+export function fanotifyMark(group: number, flags: number, mask: bigint, path: RawPath): void {
+  const f = fn('int fanotify_mark(int fd, unsigned int flags, uint64_t mask, int dirfd, const char *path)');
+  const r = Number(f(group, flags >>> 0, mask, AT_FDCWD, cstr(path, 'path')));
+  if (r < 0) throw sysError('fanotify_mark', path, lastErrno(), { detail: `(flags 0x${flags.toString(16)} mask 0x${mask.toString(16)})`, flags, mask: `0x${mask.toString(16)}` });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The new mount API (fsopen/fsconfig/fsmount/move_mount): no one-page cap on options, so an
+// image with 64 blob devices and long paths mounts; and the kernel's own error text
+// (read from the fs context fd) for a failed mount.
+// ---------------------------------------------------------------------------------------------
+
+const FSOPEN_CLOEXEC = 1;
+const FSCONFIG_SET_FLAG = 0;
+const FSCONFIG_SET_STRING = 1;
+const FSCONFIG_CMD_CREATE = 6;
+const FSMOUNT_CLOEXEC = 1;
+const MOVE_MOUNT_F_EMPTY_PATH = 0x4;
+export const MOUNT_ATTR_RDONLY = 0x1;
+export const MOUNT_ATTR_NOSUID = 0x2;
+export const MOUNT_ATTR_NODEV = 0x4;
+/** fsconfig(2) copies at most 256 bytes of a string value (strndup_user) */
+export const FSCONFIG_MAX_STRING = 255;
+
+/** The messages the kernel left on an fs context fd ("e erofs: …" lines), best effort. */
+function fsContextMessages(fd: number): string {
+  const out: string[] = [];
+  const b = Buffer.alloc(1024);
+  const read = fn('int64_t read(int fd, _Out_ uint8_t *buf, uint64_t count)');
+  for (let i = 0; i < 8; i++) {
+    const n = Number(read(fd, b, b.length));
+    if (n <= 0) break;
+    out.push(b.subarray(0, n).toString('utf8').replace(/^[ewi] /, ''));
+  }
+  return out.join('; ');
+}
+
+export interface NewMountOptions {
+  /** string parameters in order (repeated keys are allowed: EROFS takes one `device` each) */
+  params: Array<[string, string]>;
+  /** boolean flags (fsconfig SET_FLAG), e.g. 'ro' */
+  flags?: string[];
+  /** MOUNT_ATTR_* of the new mount */
+  attrs?: number;
+}
+
+/**
+ * Mount a filesystem with the new mount API: fsopen(fstype), one fsconfig per parameter,
+ * FSCONFIG_CMD_CREATE, fsmount, move_mount onto `target`. Errors name the target and carry the
+ * kernel's message for the failed step.
+ */
+export function newMount(fstype: string, target: string, opts: NewMountOptions): void {
+  const fsopen = fn('int fsopen(const char *fsname, unsigned int flags)');
+  const fsconfig = fn('int fsconfig(int fd, unsigned int cmd, const char *key, const char *value, int aux)');
+  const fsmount = fn('int fsmount(int fd, unsigned int flags, unsigned int attr_flags)');
+  const moveMount = fn('int move_mount(int from_dirfd, const char *from_path, int to_dirfd, const char *to_path, unsigned int flags)');
+  const close = fn('int close(int fd)');
+  const fsfd = Number(fsopen(fstype, FSOPEN_CLOEXEC));
+  if (fsfd < 0) throw sysError('fsopen', target, lastErrno(), { detail: `(${fstype})`, fstype });
+  let mfd = -1;
+  try {
+    const fail = (call: string, what: string): never => {
+      const errno = lastErrno();
+      const msg = fsContextMessages(fsfd);
+      throw sysError(call, target, errno, { detail: `(-t ${fstype} ${what})${msg ? ` [kernel: ${msg}]` : ''}`, fstype, kernelMessage: msg });
+    };
+    for (const [key, value] of opts.params) {
+      if (Buffer.byteLength(value) > FSCONFIG_MAX_STRING) {
+        throw new NydusError('ERR_INVALID_ARGUMENT', `mount ${target}: option ${key}=${value} is longer than ${FSCONFIG_MAX_STRING} bytes (the kernel's limit for one fsconfig value)`, { key, value });
+      }
+      if (Number(fsconfig(fsfd, FSCONFIG_SET_STRING, key, value, 0)) < 0) fail('fsconfig', `${key}=${value}`);
+    }
+    for (const flag of opts.flags ?? []) if (Number(fsconfig(fsfd, FSCONFIG_SET_FLAG, flag, null, 0)) < 0) fail('fsconfig', flag);
+    if (Number(fsconfig(fsfd, FSCONFIG_CMD_CREATE, null, null, 0)) < 0) fail('fsconfig', `create with ${opts.params.map(([k, v]) => `${k}=${v}`).join(',')}`);
+    mfd = Number(fsmount(fsfd, FSMOUNT_CLOEXEC, (opts.attrs ?? 0) >>> 0));
+    if (mfd < 0) fail('fsmount', '');
+    if (Number(moveMount(mfd, '', AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)) < 0) fail('move_mount', `onto ${target}`);
+  } finally {
+    if (mfd >= 0) close(mfd);
+    close(fsfd);
+  }
+}
+
+/** mount(2), synchronously (bind mounts, propagation changes: nothing that waits on this process). */
+export function mountSync(source: string | null, target: string, fstype: string | null, flags: number, data: string | null = null): void {
+  const r = Number(fn(MOUNT_PROTO)(source, target, fstype, flags, data));
+  if (r < 0) throw sysError('mount', target, lastErrno(), { detail: mountDetail(source ?? 'none', fstype ?? '(none)', data), flags });
+}
+export const MS_NOSUID = 2;
+export const MS_NODEV = 4;
+export const MS_BIND = 4096;
+export const MS_REC = 16384;
+export const MS_PRIVATE = 1 << 18;
+
+/** umount2(2), synchronously. */
+export function umountSync(target: string, flags = 0): void {
+  const r = Number(fn('int umount2(const char *target, int flags)')(target, flags));
+  if (r < 0) throw sysError('umount2', target, lastErrno(), { flags });
+}
+
+// ---------------------------------------------------------------------------------------------
+// pidfd_open / pidfd_getfd, RLIMIT_NOFILE
+// ---------------------------------------------------------------------------------------------
+
+/** pidfd_open(2) */
+export function pidfdOpen(pid: number): number {
+  const r = Number(fn('int pidfd_open(int pid, unsigned int flags)')(pid, 0));
+  if (r < 0) throw sysError('pidfd_open', `pid ${pid}`, lastErrno(), { pid });
+  return r;
+}
+
+/** pidfd_getfd(2): a copy of fd `targetFd` of the process behind `pidfd` (FD_CLOEXEC set). */
+export function pidfdGetfd(pidfd: number, targetFd: number): number {
+  const r = Number(fn('int pidfd_getfd(int pidfd, int targetfd, unsigned int flags)')(pidfd, targetFd, 0));
+  if (r < 0) throw sysError('pidfd_getfd', `fd ${targetFd}`, lastErrno(), { targetFd });
+  return r;
+}
+
+const RLIMIT_NOFILE = 7;
+
+/** getrlimit(RLIMIT_NOFILE): [soft, hard] */
+export function getNofileLimit(): [number, number] {
+  const b = Buffer.alloc(16);
+  if (Number(fn('int getrlimit(int resource, _Out_ uint8_t *rlim)')(RLIMIT_NOFILE, b)) < 0) throw sysError('getrlimit', undefined, lastErrno());
+  return [Number(b.readBigUInt64LE(0)), Number(b.readBigUInt64LE(8))];
+}
+
+/** setrlimit(RLIMIT_NOFILE) */
+export function setNofileLimit(soft: number, hard: number): void {
+  const b = Buffer.alloc(16);
+  b.writeBigUInt64LE(BigInt(soft), 0);
+  b.writeBigUInt64LE(BigInt(hard), 8);
+  if (Number(fn('int setrlimit(int resource, const uint8_t *rlim)')(RLIMIT_NOFILE, b)) < 0) throw sysError('setrlimit', undefined, lastErrno(), { detail: `(RLIMIT_NOFILE ${soft}/${hard})` });
+}
+
+/**
+ * write(2) that reports failure as -errno instead of throwing: for hot loops where failures are
+ * expected (answering fanotify events by fd number, where ENOENT means "nothing pending").
+ */
+export function writeRaw(fd: number, buf: Buffer): number {
+  const r = Number(fn('int64_t write(int fd, const uint8_t *buf, uint64_t count)')(fd, buf, buf.length));
+  return r < 0 ? -lastErrno() : r;
+}

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LRUCache } from 'lru-cache';
-import { BlobBackend } from './interfaces';
+import { BlobBackend } from '../daemon/interfaces';
 import { NydusError } from '../errors';
 
 export interface LocalFsConfig {
