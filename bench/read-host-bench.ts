@@ -13,7 +13,8 @@
  *        [--readers 16] [--reader-mib 4] [--piece-kib 128] [--timeout 600] [--work-dir DIR] [--keep]
  *
  * Cases, per round and per variant (variants interleaved within a round; medians reported):
- *  - cold:     mount, sync + drop caches, read the file sequentially with 1 MiB read(2)s;
+ *  - cold:     mount, read the variant's backing files once (see coldStart), sync + drop caches,
+ *              read the file sequentially with 1 MiB read(2)s;
  *  - warm:     read it again (EROFS page cache hot);
  *  - remount:  (naive-c, nydus-ts) umount, mount again, sync + drop caches, read: the cache file
  *              is filled; nydus-ts should fetch 0 backend bytes, naive-c copies again (it keeps
@@ -61,6 +62,7 @@ interface Args {
   timeoutS: number;
   workDir?: string;
   keep: boolean;
+  prime: boolean;
 }
 
 const USAGE = `usage: node dist/bench/read-host-bench.js [options]        (as root, kernel >= 6.14)
@@ -80,6 +82,9 @@ MiB/s and the ratios of the issue's goals.
   --timeout S         seconds any one read may take before the run fails (default 600)
   --work-dir DIR      where to make the work directory (must be ext4/xfs/btrfs; default the
                       system temp dir if it is one of those, else .cache/bench)
+  --no-prime          do not read each case's backing files before dropping the page cache
+                      (by default they are read, so that the host's cache of the VM disk holds
+                      every variant's files alike; see coldStart in the source)
   --keep              keep the work directory
   -h, --help
 
@@ -98,7 +103,7 @@ function log(msg: string): void {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { rounds: 3, sizeMiB: 256, variants: [...ALL_VARIANTS], readers: 16, readerMiB: 4, pieceKiB: 128, timeoutS: 600, keep: false };
+  const a: Args = { rounds: 3, sizeMiB: 256, variants: [...ALL_VARIANTS], readers: 16, readerMiB: 4, pieceKiB: 128, timeoutS: 600, keep: false, prime: true };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const val = (): string => {
@@ -133,6 +138,7 @@ function parseArgs(argv: string[]): Args {
       case '--timeout': a.timeoutS = int(); break;
       case '--work-dir': a.workDir = path.resolve(val()); break;
       case '--keep': a.keep = true; break;
+      case '--no-prime': a.prime = false; break;
       default:
         fail(`unknown argument ${k}`);
     }
@@ -260,6 +266,37 @@ function dropCaches(): void {
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
 }
 
+/**
+ * Before a cold case: read the files the case's reads will come from (each variant's own backing
+ * files), then sync and drop the page cache. This VM's disk is cached by the host for a while
+ * and unpredictably: the same naive C run read its cold source at 0.4 or 1.8 GB/s depending on
+ * whether the host still held it. Priming puts every variant's files in the same state (host
+ * cached, guest cold), so the ratios compare the read paths, not the host's cache. Mount points
+ * inside the directories are skipped: a read through a marked path would raise events.
+ */
+function coldStart(c: Ctx, paths: string[]): void {
+  if (c.a.prime) {
+    const skip = new Set(mountsUnder(c.work));
+    const buf = Buffer.allocUnsafe(8 * MiB);
+    const visit = (p: string): void => {
+      if (skip.has(p)) return;
+      const st = fs.lstatSync(p, { throwIfNoEntry: false });
+      if (!st) return;
+      if (st.isDirectory()) for (const e of fs.readdirSync(p)) visit(path.join(p, e));
+      else if (st.isFile()) {
+        const fd = fs.openSync(p, 'r');
+        try {
+          while (fs.readSync(fd, buf, 0, buf.length, null) > 0);
+        } finally {
+          fs.closeSync(fd);
+        }
+      }
+    };
+    paths.forEach(visit);
+  }
+  dropCaches();
+}
+
 function mountsUnder(dir: string): string[] {
   // /proc/self/mounts escapes spaces etc. as octal; our paths have none
   return fs.readFileSync('/proc/self/mounts', 'utf8').split('\n')
@@ -276,11 +313,15 @@ function unmountAll(dir: string): boolean {
   return mountsUnder(dir).length === 0;
 }
 
-/** After a daemon stopped (or died): nothing of its left mounted, its store removed. */
+/**
+ * After a daemon stopped (or died): nothing of its left mounted. Its store is deleted with the
+ * work directory at the end, not now: / is ext4 mounted with `discard`, and the discards of a
+ * 256 MiB deletion slowed the next case's disk reads (a naive C cold read: 0.5 instead of
+ * 1.7 GB/s, the time in its source pread).
+ */
 function releaseStore(store: string, mnt: string): void {
   unmountAll(mnt);
-  if (unmountAll(store)) fs.rmSync(store, { recursive: true, force: true });
-  else log(`${store} is still mounted; left in place`);
+  if (!unmountAll(store)) log(`${store} is still mounted; left in place`);
 }
 
 function umount(mnt: string): void {
@@ -613,12 +654,12 @@ async function roundNative(c: Ctx, r: number): Promise<RoundResult> {
   const out: RoundResult = {};
   mount();
   try {
-    dropCaches();
+    coldStart(c, [c.boot, c.raw]);
     out.cold = await seqRead(c, mnt, 'native cold');
     out.warm = await seqRead(c, mnt, 'native warm');
     umount(mnt);
     mount();
-    dropCaches();
+    coldStart(c, [c.boot, c.raw]);
     out.parallel = await parallelRead(c, mnt, r, 'native parallel');
   } finally {
     umount(mnt);
@@ -635,7 +676,7 @@ async function roundNaive(c: Ctx, r: number): Promise<RoundResult> {
   let d = await startNaive(c.naiveBin, c.boot, c.raw, store, mnt);
   try {
     await naiveStats(d); // reset
-    dropCaches();
+    coldStart(c, [c.boot, c.raw]);
     out.cold = await seqRead(c, mnt, 'naive-c cold');
     out.cold.events = await naiveStats(d);
     if (out.cold.events.events === 0) throw new Error('naive-c cold: the daemon saw no events: reads bypassed it (mark after mount?)');
@@ -644,7 +685,7 @@ async function roundNaive(c: Ctx, r: number): Promise<RoundResult> {
     // remount through the marked bind mount while the daemon keeps its mark
     umount(mnt);
     sh(c.naiveBin, ['--mount-only', '--meta', c.boot, '--device', path.join(store, 'hsm', 'blob'), '--mnt', mnt]);
-    dropCaches();
+    coldStart(c, [c.boot, c.raw, path.join(store, 'blobs')]);
     await naiveStats(d);
     out.remount = await seqRead(c, mnt, 'naive-c remount');
     out.remount.events = await naiveStats(d);
@@ -657,7 +698,7 @@ async function roundNaive(c: Ctx, r: number): Promise<RoundResult> {
   d = await startNaive(c.naiveBin, c.boot, c.raw, store, mnt);
   try {
     await naiveStats(d);
-    dropCaches();
+    coldStart(c, [c.boot, c.raw]);
     out.parallel = await parallelRead(c, mnt, r, 'naive-c parallel');
     out.parallel.events = await naiveStats(d);
   } finally {
@@ -705,7 +746,7 @@ async function roundOursInner(c: Ctx, r: number): Promise<RoundResult> {
   let d = await startOurs(cache, c.work, `${r}`);
   try {
     mount(d);
-    dropCaches();
+    coldStart(c, [c.boot, c.blobDir, cache]);
     const m0 = ourStatus(d.sock, c.blobId);
     out.cold = await seqRead(c, mnt, 'nydus-ts cold');
     out.metrics_cold = ourStatus(d.sock, c.blobId);
@@ -715,7 +756,7 @@ async function roundOursInner(c: Ctx, r: number): Promise<RoundResult> {
     out.warm.events = metricsDelta(out.metrics_cold, m2);
     unmount();
     mount(d);
-    dropCaches();
+    coldStart(c, [c.boot, c.blobDir, cache]);
     const m3 = ourStatus(d.sock, c.blobId);
     out.remount = await seqRead(c, mnt, 'nydus-ts remount');
     out.metrics_remount = ourStatus(d.sock, c.blobId);
@@ -732,7 +773,7 @@ async function roundOursInner(c: Ctx, r: number): Promise<RoundResult> {
   d = await startOurs(cache, c.work, `${r}-p`);
   try {
     mount(d);
-    dropCaches();
+    coldStart(c, [c.boot, c.blobDir, cache]);
     const m0 = ourStatus(d.sock, c.blobId);
     out.parallel = await parallelRead(c, mnt, r, 'nydus-ts parallel');
     out.metrics_parallel = ourStatus(d.sock, c.blobId);
@@ -882,7 +923,8 @@ async function main(): Promise<void> {
 
     const L: string[] = [''];
     L.push(`Host read benchmark (fanotify): ${a.sizeMiB} MiB file of random data; blob ${(blobBytes / MiB).toFixed(1)} MiB (zstd + blake3, 1 MiB chunks); ` +
-      `${a.rounds} round(s), medians (min–max); kernel ${os.release()}, ${os.cpus().length} CPU(s); parallel = ${a.readers} readers × ${a.readerMiB} MiB in random ${a.pieceKiB} KiB pieces, cold`);
+      `${a.rounds} round(s), medians (min–max); kernel ${os.release()}, ${os.cpus().length} CPU(s); parallel = ${a.readers} readers × ${a.readerMiB} MiB in random ${a.pieceKiB} KiB pieces, cold; ` +
+      `cold = page cache dropped${a.prime ? ', backing files primed in the host cache' : ' (not primed)'}`);
     L.push(`${'case'.padEnd(34)}${'cold'.padStart(18)}${'warm'.padStart(18)}${'remount'.padStart(18)}${'parallel'.padStart(18)}   MiB/s`);
     for (const v of a.variants) {
       const cell = (k: CaseName): string => {
@@ -937,7 +979,7 @@ async function main(): Promise<void> {
 
     if (a.json) {
       const out = {
-        benchmark: 'read-host', kernel: os.release(), cpus: os.cpus().length, size_bytes: size, rounds: a.rounds,
+        benchmark: 'read-host', kernel: os.release(), cpus: os.cpus().length, size_bytes: size, rounds: a.rounds, prime: a.prime,
         image: { blob_id: blobId, blob_bytes: blobBytes, create_s: createS, compressor: 'zstd', digester: 'blake3' },
         parallel: { readers: a.readers, reader_mib: a.readerMiB, piece_kib: a.pieceKiB },
         mib_per_s: summary, ratios, ratios_per_round: rr, latency, per_round: results, nydus_ts_error: oursError?.message ?? null,

@@ -27,6 +27,7 @@ import {
 export const FANOTIFY_METADATA_VERSION = 3;
 export const EVENT_METADATA_LEN = 24;
 export const FAN_MODIFY = 0x2;
+export const FAN_CLOSE_WRITE = 0x8;
 export const FAN_Q_OVERFLOW = 0x4000;
 export const FAN_PRE_ACCESS_MASK = 0x00100000;
 export const FAN_ALLOW = 0x1;

@@ -30,7 +30,7 @@ import { LatencyHistogram } from '../daemon/blob-session';
 import { BlobCacheFile, CacheFileLog, PAGE } from './blob-cache-file';
 import {
   FanotifyCacheLayout, FanotifyEvent, cacheLayout, denyStaleEvents, mountPoints, parseEvents, respond, EVENT_FD_LIMIT,
-  FAN_ALLOW, FAN_DENY, FAN_MODIFY, FAN_PRE_ACCESS_MASK, FAN_Q_OVERFLOW,
+  FAN_ALLOW, FAN_CLOSE_WRITE, FAN_DENY, FAN_MODIFY, FAN_PRE_ACCESS_MASK, FAN_Q_OVERFLOW,
 } from './fanotify-group';
 import {
   errnoName, fanotifyMark, lseek, newMount, pipe2, poll, umountSync,
@@ -133,7 +133,7 @@ function runReader(init: ReaderInit): void {
         }
         if (ev.fd < 0) continue;
         if (!(ev.mask & FAN_PRE_ACCESS_MASK)) {
-          if (ev.mask & FAN_MODIFY) modified.push(keyOf(ev.fd));
+          if (ev.mask & (FAN_MODIFY | FAN_CLOSE_WRITE)) modified.push(keyOf(ev.fd));
           else respond(init.group, ev.fd, FAN_DENY); // a permission event we never asked for
           fs.closeSync(ev.fd);
           continue;
@@ -387,12 +387,15 @@ export class FanotifyFrontend implements KernelFrontend {
   /**
    * Every page is present: stop this blob's events (an ignore mark on its inode that survives
    * modify — one that does not survive is not honoured for pre-content events on 6.18), and
-   * watch it for modifications by others instead.
+   * watch it for changes by others instead: FAN_MODIFY (writes, punched holes) and
+   * FAN_CLOSE_WRITE (truncate(2) raises no FAN_MODIFY on 6.18, but tools that truncate open the
+   * file for writing). A raw truncate(2) by path is not seen; EROFS then fails the short read
+   * with EIO (no zeros), and the next mount refetches (BlobCacheFile.open checks the size).
    */
   private markDone(b: OpenBlob): void {
     if (b.done || this.stopped || !this.blobs.has(b.id)) return;
     try {
-      fanotifyMark(this.opts.group, FAN_MARK_ADD, BigInt(FAN_MODIFY), b.file.path);
+      fanotifyMark(this.opts.group, FAN_MARK_ADD, BigInt(FAN_MODIFY | FAN_CLOSE_WRITE), b.file.path);
       fanotifyMark(this.opts.group, FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY, FAN_PRE_ACCESS, b.file.path);
       b.done = true;
       this.log('info', `blob ${b.id}: complete in the cache; its reads no longer raise events`, { blobId: b.id });
@@ -403,7 +406,7 @@ export class FanotifyFrontend implements KernelFrontend {
 
   private unmarkDone(b: OpenBlob): void {
     b.done = false;
-    for (const [flags, mask] of [[FAN_MARK_REMOVE | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY, FAN_PRE_ACCESS], [FAN_MARK_REMOVE, BigInt(FAN_MODIFY)]] as const) {
+    for (const [flags, mask] of [[FAN_MARK_REMOVE | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY, FAN_PRE_ACCESS], [FAN_MARK_REMOVE, BigInt(FAN_MODIFY | FAN_CLOSE_WRITE)]] as const) {
       try {
         fanotifyMark(this.opts.group, flags, mask, b.file.path);
       } catch {
