@@ -13,8 +13,8 @@
  *        [--readers 16] [--reader-mib 4] [--piece-kib 128] [--timeout 600] [--work-dir DIR] [--keep]
  *
  * Cases, per round and per variant (variants interleaved within a round; medians reported):
- *  - cold:     mount, read the variant's backing files once (see coldStart), sync + drop caches,
- *              read the file sequentially with 1 MiB read(2)s;
+ *  - cold:     mount, sync + drop caches (see coldStart: files primed, daemon sources hot by
+ *              default), read the file sequentially with 1 MiB read(2)s;
  *  - warm:     read it again (EROFS page cache hot);
  *  - remount:  (naive-c, nydus-ts) umount, mount again, sync + drop caches, read: the cache file
  *              is filled; nydus-ts should fetch 0 backend bytes, naive-c copies again (it keeps
@@ -63,6 +63,7 @@ interface Args {
   workDir?: string;
   keep: boolean;
   prime: boolean;
+  sources: 'hot' | 'cold';
 }
 
 const USAGE = `usage: node dist/bench/read-host-bench.js [options]        (as root, kernel >= 6.14)
@@ -82,9 +83,13 @@ MiB/s and the ratios of the issue's goals.
   --timeout S         seconds any one read may take before the run fails (default 600)
   --work-dir DIR      where to make the work directory (must be ext4/xfs/btrfs; default the
                       system temp dir if it is one of those, else .cache/bench)
-  --no-prime          do not read each case's backing files before dropping the page cache
-                      (by default they are read, so that the host's cache of the VM disk holds
-                      every variant's files alike; see coldStart in the source)
+  --sources hot|cold  hot (default): after dropping the page cache, read the daemons' sources
+                      (naive-c's uncompressed blob, nydus-ts' compressed blob) back in, so cold
+                      cases measure the front end and daemon rather than this VM's disk; cold:
+                      they come from the disk too
+  --no-prime          do not read each case's files once before dropping the page cache (by
+                      default they are, so that the host's cache of the VM disk holds every
+                      variant's files alike; see coldStart in the source)
   --keep              keep the work directory
   -h, --help
 
@@ -103,7 +108,7 @@ function log(msg: string): void {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { rounds: 3, sizeMiB: 256, variants: [...ALL_VARIANTS], readers: 16, readerMiB: 4, pieceKiB: 128, timeoutS: 600, keep: false, prime: true };
+  const a: Args = { rounds: 3, sizeMiB: 256, variants: [...ALL_VARIANTS], readers: 16, readerMiB: 4, pieceKiB: 128, timeoutS: 600, keep: false, prime: true, sources: 'hot' };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const val = (): string => {
@@ -139,6 +144,12 @@ function parseArgs(argv: string[]): Args {
       case '--work-dir': a.workDir = path.resolve(val()); break;
       case '--keep': a.keep = true; break;
       case '--no-prime': a.prime = false; break;
+      case '--sources': {
+        const v = val();
+        if (v !== 'hot' && v !== 'cold') fail('--sources must be hot or cold');
+        a.sources = v;
+        break;
+      }
       default:
         fail(`unknown argument ${k}`);
     }
@@ -266,35 +277,46 @@ function dropCaches(): void {
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
 }
 
-/**
- * Before a cold case: read the files the case's reads will come from (each variant's own backing
- * files), then sync and drop the page cache. This VM's disk is cached by the host for a while
- * and unpredictably: the same naive C run read its cold source at 0.4 or 1.8 GB/s depending on
- * whether the host still held it. Priming puts every variant's files in the same state (host
- * cached, guest cold), so the ratios compare the read paths, not the host's cache. Mount points
- * inside the directories are skipped: a read through a marked path would raise events.
- */
-function coldStart(c: Ctx, paths: string[]): void {
-  if (c.a.prime) {
-    const skip = new Set(mountsUnder(c.work));
-    const buf = Buffer.allocUnsafe(8 * MiB);
-    const visit = (p: string): void => {
-      if (skip.has(p)) return;
-      const st = fs.lstatSync(p, { throwIfNoEntry: false });
-      if (!st) return;
-      if (st.isDirectory()) for (const e of fs.readdirSync(p)) visit(path.join(p, e));
-      else if (st.isFile()) {
-        const fd = fs.openSync(p, 'r');
-        try {
-          while (fs.readSync(fd, buf, 0, buf.length, null) > 0);
-        } finally {
-          fs.closeSync(fd);
-        }
+/** Read files (and directory trees) through the page cache; mount points are skipped (a read
+ * through a marked path would raise events). */
+function readAll(c: Ctx, paths: string[]): void {
+  const skip = new Set(mountsUnder(c.work));
+  const buf = Buffer.allocUnsafe(8 * MiB);
+  const visit = (p: string): void => {
+    if (skip.has(p)) return;
+    const st = fs.lstatSync(p, { throwIfNoEntry: false });
+    if (!st) return;
+    if (st.isDirectory()) for (const e of fs.readdirSync(p)) visit(path.join(p, e));
+    else if (st.isFile()) {
+      const fd = fs.openSync(p, 'r');
+      try {
+        while (fs.readSync(fd, buf, 0, buf.length, null) > 0);
+      } finally {
+        fs.closeSync(fd);
       }
-    };
-    paths.forEach(visit);
-  }
+    }
+  };
+  paths.forEach(visit);
+}
+
+/**
+ * Before a cold case. `backing`: what the kernel reads (bootstrap, native's device file, cache
+ * files); `sources`: what a daemon reads its data from (naive-c's uncompressed blob, our
+ * compressed blob).
+ *  1. With priming (default) all of them are read once. This VM's disk is cached by the host for
+ *     a while, unpredictably (a native cold read of the same file: 0.6–3.7 GB/s); reading every
+ *     variant's files just before puts them in the same state.
+ *  2. sync, drop the page cache.
+ *  3. With --sources hot (default), the daemons' sources are read back into the page cache, so
+ *     that a daemon's cold case measures the front end and the daemon, as with a fast local
+ *     backend: with its source on this disk, the naive C daemon's cold read varied from 0.2 to
+ *     1.8 GB/s between runs, nearly all of it in its source pread(2)s; with the source cached,
+ *     1.6–1.7 GB/s.
+ */
+function coldStart(c: Ctx, backing: string[], sources: string[] = []): void {
+  if (c.a.prime) readAll(c, [...backing, ...sources]);
   dropCaches();
+  if (c.a.sources === 'hot') readAll(c, sources);
 }
 
 function mountsUnder(dir: string): string[] {
@@ -676,7 +698,7 @@ async function roundNaive(c: Ctx, r: number): Promise<RoundResult> {
   let d = await startNaive(c.naiveBin, c.boot, c.raw, store, mnt);
   try {
     await naiveStats(d); // reset
-    coldStart(c, [c.boot, c.raw]);
+    coldStart(c, [c.boot], [c.raw]);
     out.cold = await seqRead(c, mnt, 'naive-c cold');
     out.cold.events = await naiveStats(d);
     if (out.cold.events.events === 0) throw new Error('naive-c cold: the daemon saw no events: reads bypassed it (mark after mount?)');
@@ -685,7 +707,7 @@ async function roundNaive(c: Ctx, r: number): Promise<RoundResult> {
     // remount through the marked bind mount while the daemon keeps its mark
     umount(mnt);
     sh(c.naiveBin, ['--mount-only', '--meta', c.boot, '--device', path.join(store, 'hsm', 'blob'), '--mnt', mnt]);
-    coldStart(c, [c.boot, c.raw, path.join(store, 'blobs')]);
+    coldStart(c, [c.boot, path.join(store, 'blobs')], [c.raw]);
     await naiveStats(d);
     out.remount = await seqRead(c, mnt, 'naive-c remount');
     out.remount.events = await naiveStats(d);
@@ -698,7 +720,7 @@ async function roundNaive(c: Ctx, r: number): Promise<RoundResult> {
   d = await startNaive(c.naiveBin, c.boot, c.raw, store, mnt);
   try {
     await naiveStats(d);
-    coldStart(c, [c.boot, c.raw]);
+    coldStart(c, [c.boot], [c.raw]);
     out.parallel = await parallelRead(c, mnt, r, 'naive-c parallel');
     out.parallel.events = await naiveStats(d);
   } finally {
@@ -746,7 +768,7 @@ async function roundOursInner(c: Ctx, r: number): Promise<RoundResult> {
   let d = await startOurs(cache, c.work, `${r}`);
   try {
     mount(d);
-    coldStart(c, [c.boot, c.blobDir, cache]);
+    coldStart(c, [c.boot, cache], [c.blobDir]);
     const m0 = ourStatus(d.sock, c.blobId);
     out.cold = await seqRead(c, mnt, 'nydus-ts cold');
     out.metrics_cold = ourStatus(d.sock, c.blobId);
@@ -756,7 +778,7 @@ async function roundOursInner(c: Ctx, r: number): Promise<RoundResult> {
     out.warm.events = metricsDelta(out.metrics_cold, m2);
     unmount();
     mount(d);
-    coldStart(c, [c.boot, c.blobDir, cache]);
+    coldStart(c, [c.boot, cache], [c.blobDir]);
     const m3 = ourStatus(d.sock, c.blobId);
     out.remount = await seqRead(c, mnt, 'nydus-ts remount');
     out.metrics_remount = ourStatus(d.sock, c.blobId);
@@ -773,7 +795,7 @@ async function roundOursInner(c: Ctx, r: number): Promise<RoundResult> {
   d = await startOurs(cache, c.work, `${r}-p`);
   try {
     mount(d);
-    coldStart(c, [c.boot, c.blobDir, cache]);
+    coldStart(c, [c.boot, cache], [c.blobDir]);
     const m0 = ourStatus(d.sock, c.blobId);
     out.parallel = await parallelRead(c, mnt, r, 'nydus-ts parallel');
     out.metrics_parallel = ourStatus(d.sock, c.blobId);
@@ -924,7 +946,7 @@ async function main(): Promise<void> {
     const L: string[] = [''];
     L.push(`Host read benchmark (fanotify): ${a.sizeMiB} MiB file of random data; blob ${(blobBytes / MiB).toFixed(1)} MiB (zstd + blake3, 1 MiB chunks); ` +
       `${a.rounds} round(s), medians (min–max); kernel ${os.release()}, ${os.cpus().length} CPU(s); parallel = ${a.readers} readers × ${a.readerMiB} MiB in random ${a.pieceKiB} KiB pieces, cold; ` +
-      `cold = page cache dropped${a.prime ? ', backing files primed in the host cache' : ' (not primed)'}`);
+      `cold = page cache dropped${a.prime ? ' (files primed in the host cache)' : ' (not primed)'}, daemon sources ${a.sources === 'hot' ? 'in the page cache' : 'dropped too'}`);
     L.push(`${'case'.padEnd(34)}${'cold'.padStart(18)}${'warm'.padStart(18)}${'remount'.padStart(18)}${'parallel'.padStart(18)}   MiB/s`);
     for (const v of a.variants) {
       const cell = (k: CaseName): string => {
@@ -979,7 +1001,7 @@ async function main(): Promise<void> {
 
     if (a.json) {
       const out = {
-        benchmark: 'read-host', kernel: os.release(), cpus: os.cpus().length, size_bytes: size, rounds: a.rounds, prime: a.prime,
+        benchmark: 'read-host', kernel: os.release(), cpus: os.cpus().length, size_bytes: size, rounds: a.rounds, prime: a.prime, sources: a.sources,
         image: { blob_id: blobId, blob_bytes: blobBytes, create_s: createS, compressor: 'zstd', digester: 'blake3' },
         parallel: { readers: a.readers, reader_mib: a.readerMiB, piece_kib: a.pieceKiB },
         mib_per_s: summary, ratios, ratios_per_round: rr, latency, per_round: results, nydus_ts_error: oursError?.message ?? null,

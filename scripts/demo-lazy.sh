@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The lazy half of the demo (needs a kernel with EROFS over fscache on-demand, e.g. inside the
-# test VM): start the daemon, mount the image by fsid, read a little, show how few chunks were
-# fetched, then read everything and compare with the source.
+# The lazy half of the demo: start the daemon, mount the image lazily, read a little, show how
+# few chunks were fetched, then read everything and compare with the source. The daemon picks
+# its kernel front end: fanotify pre-content events on file-backed EROFS (Linux ≥ 6.14), or
+# EROFS over fscache on-demand (e.g. inside the 6.12 test VM). NYDUS_TS_FRONTEND forces one.
 # Usage: demo-lazy.sh WORKDIR CACHEDIR [RUNDIR]   (CACHEDIR on ext4/xfs/btrfs; RUNDIR for the socket)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +13,12 @@ SOCK="$RUN/api.sock"
 mkdir -p "$RUN" "$CACHE"
 cleanup() { $N umount "$W/lazy" 2>/dev/null || true; [ -n "${DPID:-}" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null || true; }
 trap cleanup EXIT
-echo "== 7. start the daemon on /dev/cachefiles (cache dir $CACHE)"
-$N daemon --fscache "$CACHE" --apisock "$SOCK" --log-file "$RUN/daemon.log" &
+echo "== 7. start the daemon (front end: ${NYDUS_TS_FRONTEND:-auto}; cache dir $CACHE)"
+$N daemon --frontend "${NYDUS_TS_FRONTEND:-auto}" --cache-dir "$CACHE" --apisock "$SOCK" --log-file "$RUN/daemon.log" &
 DPID=$!
 for i in $(seq 100); do [ -S "$SOCK" ] && $N status -A "$SOCK" >/dev/null 2>&1 && break; sleep 0.1; done
-echo "== 8. nydus-ts mount (registers the image, then mount -t erofs -o fsid=…)"
+$N status -A "$SOCK" | head -1
+echo "== 8. nydus-ts mount (registers the image; fanotify: the daemon mounts the bootstrap with its blob cache files as devices; fscache: mount -t erofs -o fsid=…)"
 $N mount -A "$SOCK" -B "$W/image.boot" -D "$W/blobs" --fsid demo "$W/lazy"
 mount | grep " $W/lazy " || true
 echo "== 9. read one file; only the chunks it needs are fetched"

@@ -30,13 +30,20 @@ node dist/images/compare-trees.js --save "$W/src.snapshot.json" "$W/src" >/dev/n
 node dist/images/compare-trees.js "$W/src.snapshot.json" "$W/mnt"
 umount "$W/mnt"
 
-# The lazy mount: EROFS over fscache with our daemon. This host kernel may lack on-demand
-# fscache (it was removed upstream in 7.2); then the same steps run in the test VM (6.12 kernel).
-if [ -c /dev/cachefiles ] && grep -q ondemand /proc/kallsyms 2>/dev/null && [ -z "${NYDUS_TS_DEMO_VM:-}" ]; then
+# The lazy mount with our daemon, natively where the kernel can: fanotify pre-content events on
+# file-backed EROFS (Linux ≥ 6.14), or EROFS over fscache on-demand. Otherwise (or with
+# NYDUS_TS_DEMO_VM=1) the same steps run in the test VM (6.12 kernel, fscache).
+kver="$(uname -r | grep -o '^[0-9]*\.[0-9]*')"
+if [ -z "${NYDUS_TS_DEMO_VM:-}" ] && [ "$(printf '%s\n6.14\n' "$kver" | sort -V | head -1)" = "6.14" ]; then
+  echo "== kernel $(uname -r) has fanotify pre-content events: the lazy mount runs natively (fanotify front end)"
   mkdir -p /var/lib/nydus-ts/cache
-  bash scripts/demo-lazy.sh "$W" /var/lib/nydus-ts/cache
+  NYDUS_TS_FRONTEND=fanotify bash scripts/demo-lazy.sh "$W" /var/lib/nydus-ts/cache
+elif [ -z "${NYDUS_TS_DEMO_VM:-}" ] && [ -c /dev/cachefiles ] && grep -q ondemand /proc/kallsyms 2>/dev/null; then
+  echo "== kernel $(uname -r) has EROFS over fscache on-demand: the lazy mount runs natively (fscache front end)"
+  mkdir -p /var/lib/nydus-ts/cache
+  NYDUS_TS_FRONTEND=fscache bash scripts/demo-lazy.sh "$W" /var/lib/nydus-ts/cache
 else
-  echo "== this kernel has no /dev/cachefiles on-demand mode: running the lazy mount in the test VM"
+  echo "== this kernel has neither fanotify pre-content events nor /dev/cachefiles on-demand mode: running the lazy mount in the test VM (fscache front end)"
   if [ -z "${NYDUS_TS_TEST_KERNEL:-}" ] && [ -f ../shared/kernel/bzImage-6.12.117 ]; then
     export NYDUS_TS_TEST_KERNEL="$(realpath ../shared/kernel/bzImage-6.12.117)"
   fi
