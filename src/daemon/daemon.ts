@@ -171,7 +171,7 @@ export class Daemon implements DaemonController {
 
   /**
    * nydusd hands its state and fd to the snapshotter's supervisor here. Our own supervisor
-   * process already holds the /dev/cachefiles fd and the registrations, so there is nothing to
+   * process already holds the kernel handle and the registrations, so there is nothing to
    * send; answer success so a snapshotter configured with a supervisor carries on.
    */
   async sendfd(): Promise<void> {

@@ -1,6 +1,7 @@
 /**
- * A CacheWriter over an ordinary (sparse) file: the store file of the fanotify front end, and the
- * host-side stand-in for the fscache cache file in tests. Presence = SEEK_DATA/SEEK_HOLE extents.
+ * A CacheWriter over an ordinary (sparse) file, for tests of the daemon core without a kernel
+ * front end. Presence = SEEK_DATA/SEEK_HOLE extents. (The fanotify front end's cache file, with
+ * its crash-consistent presence map, is src/kernel/blob-cache-file.ts.)
  */
 import * as fs from 'node:fs';
 import { CacheWriter } from './interfaces';

@@ -1,6 +1,6 @@
 /**
  * Contracts between the daemon core (images, blobs, chunk fetching) and its users: kernel front
- * ends (cachefiles on-demand today, fanotify pre-content later) and the HTTP API. The core never
+ * ends (fscache on-demand and fanotify pre-content, in src/kernel/) and the HTTP API. The core never
  * touches a kernel interface; a front end hands it a CacheWriter and asks for byte ranges.
  */
 import type { BlobEntry } from '../format/layout';
