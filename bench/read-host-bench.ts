@@ -64,6 +64,7 @@ interface Args {
   keep: boolean;
   prime: boolean;
   sources: 'hot' | 'cold';
+  waitQuiet: number;
 }
 
 const USAGE = `usage: node dist/bench/read-host-bench.js [options]        (as root, kernel >= 6.14)
@@ -90,6 +91,8 @@ MiB/s and the ratios of the issue's goals.
   --no-prime          do not read each case's files once before dropping the page cache (by
                       default they are, so that the host's cache of the VM disk holds every
                       variant's files alike; see coldStart in the source)
+  --wait-quiet S      before each round, wait up to S seconds for other processes to leave the
+                      CPUs idle (default 0: only measure and report it)
   --keep              keep the work directory
   -h, --help
 
@@ -108,7 +111,7 @@ function log(msg: string): void {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { rounds: 3, sizeMiB: 256, variants: [...ALL_VARIANTS], readers: 16, readerMiB: 4, pieceKiB: 128, timeoutS: 600, keep: false, prime: true, sources: 'hot' };
+  const a: Args = { rounds: 3, sizeMiB: 256, variants: [...ALL_VARIANTS], readers: 16, readerMiB: 4, pieceKiB: 128, timeoutS: 600, keep: false, prime: true, sources: 'hot', waitQuiet: 0 };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const val = (): string => {
@@ -144,6 +147,7 @@ function parseArgs(argv: string[]): Args {
       case '--work-dir': a.workDir = path.resolve(val()); break;
       case '--keep': a.keep = true; break;
       case '--no-prime': a.prime = false; break;
+      case '--wait-quiet': a.waitQuiet = int(); break;
       case '--sources': {
         const v = val();
         if (v !== 'hot' && v !== 'cold') fail('--sources must be hot or cold');
@@ -352,6 +356,27 @@ function umount(mnt: string): void {
 
 /** statfs magic numbers of filesystems that allow pre-content marks (SB_I_ALLOW_HSM) */
 const HSM_FS: Record<number, string> = { 0xef53: 'ext4', 0x58465342: 'xfs', 0x9123683e: 'btrfs' };
+
+/** Busy CPU seconds of the whole machine so far (all but idle and iowait, from /proc/stat). */
+function machineBusy(): number {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return (f.reduce((x, y) => x + y, 0) - f[3] - (f[4] ?? 0)) / 100; // USER_HZ
+}
+
+/**
+ * How busy other processes keep the CPUs while this benchmark is idle (0–1, over 0.5 s), after
+ * waiting up to `maxS` seconds for it to drop below 10 %. Shared machines run other jobs (a QEMU
+ * test VM, builds); a busy machine slows the CPU-bound daemon cases most.
+ */
+async function otherLoad(maxS: number): Promise<number> {
+  const start = Date.now();
+  for (;;) {
+    const b0 = machineBusy();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const load = (machineBusy() - b0) / 0.5 / os.cpus().length;
+    if (load < 0.1 || (Date.now() - start) / 1000 >= maxS) return load;
+  }
+}
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -890,7 +915,11 @@ async function main(): Promise<void> {
     // 2. rounds
     const results: Record<VariantName, RoundResult[]> = { native: [], 'naive-c': [], 'nydus-ts': [] };
     const mbs = (x?: CaseResult): string => (x ? (x.bytes / MiB / x.seconds).toFixed(0) : '-');
+    const loads: number[] = [];
     for (let r = 0; r < a.rounds; r++) {
+      const load = await otherLoad(a.waitQuiet);
+      loads.push(load);
+      if (load > 0.25) log(`round ${r + 1}: other processes keep the CPUs ${(load * 100).toFixed(0)}% busy; figures will be skewed`);
       for (const v of a.variants) {
         if (v === 'nydus-ts' && oursError) continue;
         let res: RoundResult;
@@ -995,13 +1024,14 @@ async function main(): Promise<void> {
       L.push(`nydus-ts, last round: cold: ${e(oc.cold)}; warm: ${e(oc.warm)}; remount: ${e(oc.remount)}; parallel: ${e(oc.parallel)}`);
       L.push(`nydus-ts backend bytes after remount, per round: ${results['nydus-ts'].map((x) => x.remount_backend_bytes).join(', ')} (expected 0)`);
     }
+    if (loads.some((x) => x > 0.25)) L.push(`warning: other processes kept the CPUs busy before round(s) ${loads.map((x, i) => (x > 0.25 ? `${i + 1} (${(x * 100).toFixed(0)}%)` : '')).filter(Boolean).join(', ')}; rerun on a quiet machine (--wait-quiet S)`);
     if (oursError) L.push(`\nnydus-ts FAILED: ${firstLine(oursError)}`);
     L.push('');
     process.stdout.write(L.join('\n') + '\n');
 
     if (a.json) {
       const out = {
-        benchmark: 'read-host', kernel: os.release(), cpus: os.cpus().length, size_bytes: size, rounds: a.rounds, prime: a.prime, sources: a.sources,
+        benchmark: 'read-host', kernel: os.release(), cpus: os.cpus().length, size_bytes: size, rounds: a.rounds, prime: a.prime, sources: a.sources, other_load_per_round: loads,
         image: { blob_id: blobId, blob_bytes: blobBytes, create_s: createS, compressor: 'zstd', digester: 'blake3' },
         parallel: { readers: a.readers, reader_mib: a.readerMiB, piece_kib: a.pieceKiB },
         mib_per_s: summary, ratios, ratios_per_round: rr, latency, per_round: results, nydus_ts_error: oursError?.message ?? null,

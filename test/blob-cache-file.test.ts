@@ -76,7 +76,7 @@ test('a file without a flushed map, replaced, resized or with a damaged map is d
       b[60] ^= 1;
       fs.writeFileSync(m, b);
     }, /checksum/],
-    ['no map', (d) => fs.rmSync(path.join(d.presenceDir, 'b1')), /never flushed/],
+    ['no map', (d) => fs.rmSync(path.join(d.presenceDir, 'b1')), /no presence map/],
   ];
   for (const [name, tamper, why] of cases) {
     const d = dirs();

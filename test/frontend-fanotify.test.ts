@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import * as crypto from 'node:crypto';
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
-import { defineDaemonConformance, sha, CLI } from './conformance/daemon-suite';
+import { defineDaemonConformance, sha, CLI, waitUntil } from './conformance/daemon-suite';
 import { parseEvents, FanotifyEvent, fsTypeOf } from '../src/kernel/fanotify-group';
 
 const execFileP = promisify(execFile);
@@ -130,7 +130,6 @@ test('[fanotify] a cache file truncated, punched or deleted behind the daemon is
 
 test('[fanotify] an image with 64 blobs and long paths mounts (new mount API) and reads right', async () => {
   const layers: string[] = [];
-  let parent: string | undefined;
   const blobs = path.join(ctx.work, 'blobs64');
   const files = new Map<string, Buffer>();
   for (let i = 0; i < 64; i++) {
@@ -140,12 +139,15 @@ test('[fanotify] an image with 64 blobs and long paths mounts (new mount API) an
     const data = crypto.randomBytes(5000 + i);
     fs.writeFileSync(path.join(d, name), data);
     files.set(name, data);
-    const boot = path.join(ctx.work, 'l64', `layer${i}.boot`);
-    await ctx.cli(['create', '-B', boot, '-D', blobs, ...(parent ? ['--parent-bootstrap', parent] : []), d]);
-    layers.push(boot);
-    parent = boot;
+    layers.push(path.join(ctx.work, 'l64', `layer${i}.boot`));
   }
-  const img = { boot: parent!, blobs, report: {} };
+  // one layer per blob, built four at a time, merged into one image
+  for (let i = 0; i < 64; i += 4) {
+    await Promise.all(layers.slice(i, i + 4).map((boot, k) => ctx.cli(['create', '-B', boot, '-D', blobs, path.join(ctx.work, 'l64', `layer${i + k}`)])));
+  }
+  const merged = path.join(ctx.work, 'l64', 'image.boot');
+  await ctx.cli(['merge', '-B', merged, ...layers]);
+  const img = { boot: merged, blobs, report: {} };
   const mnt = await ctx.mountImage('many-blobs', img);
   const info = await ctx.api.metrics() as any;
   const mine = info.images.find((i: any) => i.id === 'many-blobs');
@@ -170,6 +172,21 @@ test('[fanotify] a busy mount is reported, never detached lazily; exit waits for
   holder.kill();
   await new Promise((r2) => holder.once('exit', r2));
   await ctx.umount(mnt);
+  // nothing busy any more: exit unmounts the rest, stops the daemon and releases the bind mount
+  const supervisor = ((await ctx.api.daemonInfo()) as any).supervisor_pid;
+  const r3 = await ctx.api.request('PUT', '/api/v1/daemon/exit');
+  assert.equal(r3.status, 204, JSON.stringify(r3.body));
+  await waitUntil('the supervisor to exit', () => {
+    try {
+      process.kill(supervisor, 0);
+      return false;
+    } catch {
+      return true;
+    }
+  });
+  const mounts = fs.readFileSync('/proc/self/mounts', 'utf8');
+  assert.ok(!mounts.includes(path.join(ctx.cacheDir, 'hsm')), 'the bind mount is gone');
+  assert.ok(!mounts.includes(` ${ctx.work}/mnt/`), `no image stays mounted:\n${mounts}`);
 });
 
 test('[fanotify] start-up errors: tmpfs cache dir, no CAP_SYS_ADMIN, no cache dir', async () => {

@@ -150,6 +150,9 @@ export class BlobCacheFile implements CacheWriter {
         if (why) log('warn', `cache file ${file} is not trusted: ${why}; its contents are discarded and fetched again`, { blobId: opts.blobId });
       }
       const cf = new BlobCacheFile(opts, fd, st, generation!, fresh || why ? null : map.ok ? map.bits : null, why);
+      // an empty map right away: a crash before the first flush then costs only the unflushed
+      // pages, not the whole file
+      if (fresh || why) cf.writeMapSync(Buffer.from(cf.view));
       // holes win over the map (a page punched while the daemon was down)
       const lost = cf.dropHoles(0, opts.size);
       if (lost.length) log('warn', `cache file ${file}: ${lost.length} range(s) marked present are holes; they are fetched again`, { blobId: opts.blobId });
@@ -166,7 +169,7 @@ export class BlobCacheFile implements CacheWriter {
     try {
       data = fs.readFileSync(file);
     } catch {
-      return { ok: false, why: 'it has no presence map (never flushed)' };
+      return { ok: false, why: `it has no presence map (${file} is missing)` };
     }
     const pages = Math.ceil(size / PAGE);
     const want = HEADER + Math.ceil(pages / 8) + 32;
@@ -288,6 +291,31 @@ export class BlobCacheFile implements CacheWriter {
     this.flushTimer.unref();
   }
 
+  private mapBytes(bits: Buffer): Buffer {
+    const header = Buffer.alloc(HEADER);
+    MAGIC.copy(header, 0);
+    header.writeUInt32LE(1, 8);
+    header.writeUInt32LE(PAGE, 12);
+    header.writeBigUInt64LE(BigInt(this.size), 16);
+    header.writeBigUInt64LE(this.ino, 24);
+    this.generation.copy(header, 32);
+    header.writeBigUInt64LE(BigInt(this.pages), 48);
+    const body = Buffer.concat([header, bits]);
+    return Buffer.concat([body, crypto.createHash('sha256').update(body).digest()]);
+  }
+
+  private writeMapSync(bits: Buffer): void {
+    const tmp = `${this.mapPath}.tmp`;
+    const fd = fs.openSync(tmp, 'w', 0o600);
+    try {
+      fs.writeSync(fd, this.mapBytes(bits));
+      fs.fdatasyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, this.mapPath);
+  }
+
   /** Persist the map: data first (fdatasync), then the bits that were set before it. */
   flush(): Promise<void> {
     const run = async (): Promise<void> => {
@@ -296,19 +324,10 @@ export class BlobCacheFile implements CacheWriter {
       const snapshot = Buffer.from(this.view); // a copy taken before the data is synced
       try {
         await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(e) : res())));
-        const header = Buffer.alloc(HEADER);
-        MAGIC.copy(header, 0);
-        header.writeUInt32LE(1, 8);
-        header.writeUInt32LE(PAGE, 12);
-        header.writeBigUInt64LE(BigInt(this.size), 16);
-        header.writeBigUInt64LE(this.ino, 24);
-        this.generation.copy(header, 32);
-        header.writeBigUInt64LE(BigInt(this.pages), 48);
-        const body = Buffer.concat([header, snapshot]);
         const tmp = `${this.mapPath}.tmp`;
         const fh = await fs.promises.open(tmp, 'w', 0o600);
         try {
-          await fh.writeFile(Buffer.concat([body, crypto.createHash('sha256').update(body).digest()]));
+          await fh.writeFile(this.mapBytes(snapshot));
           await fh.datasync();
         } finally {
           await fh.close();
