@@ -105,7 +105,8 @@ export function defineDaemonConformance(h: FrontendHarness): SuiteContext {
     daemon = spawn(process.execPath, [CLI, 'daemon', ...h.daemonArgs(ctx.cacheDir), '--apisock', ctx.sock, '--log-level', 'info'], { stdio: ['ignore', out, out] });
     fs.closeSync(out);
     const d = daemon;
-    await waitUntil('the daemon API', async () => d.exitCode !== null || (await ctx.api.isAlive()), 20_000).catch(() => undefined);
+    // a daemon starts in about a second natively, and in 20 s or more under emulation (the VM)
+    await waitUntil('the daemon API', async () => d.exitCode !== null || (await ctx.api.isAlive()), 120_000).catch(() => undefined);
     const info = await ctx.api.daemonInfo().catch((e) => assert.fail(`daemon did not start: ${e.message}\n${fs.readFileSync(ctx.logFile, 'utf8')}`));
     assert.equal(info.state, 'RUNNING');
     assert.equal((info as any).frontend, h.frontend);
