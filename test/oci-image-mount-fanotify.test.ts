@@ -5,10 +5,9 @@
  * multi-layer OCI image seeded with skopeo and converted with the library `nydus-ts convert` runs.
  *
  * - one `mount --image --insecure` starts the daemon (`--frontend auto` picks fanotify here) and
- *   mounts; nothing of the blobs is fetched to mount; the first read takes ≤ 2 round trips;
- *   a few files cost a small fraction of the blob bytes (daemon metrics from `status --json`
- *   and the bytes the registry logged); the whole tree equals an overlayfs mount of the source
- *   layers; `nydus-ts umount` unmounts and unregisters;
+ *   mounts; nothing of the blobs is fetched to mount, the first read takes ≤ 2 round trips, a few
+ *   files cost a small fraction of the blob bytes (`status --json` metrics and the bytes the
+ *   registry logged); the whole tree equals an overlayfs mount of the source layers; umount;
  * - Basic auth from DOCKER_CONFIG with a config_v2 registration: the daemon (whose own
  *   DOCKER_CONFIG is empty) reads the blobs from that registry with the registration's creds;
  * - a blob the registry answers 404 for: EIO on its file only, every other file is served,
@@ -39,47 +38,26 @@ import { fsTypeOf } from '../src/kernel/fanotify-group';
 
 /** The VM test's real-rootfs slice (whiteouts of Arctic and CET, bash an opaque dir, os-release a symlink → file). */
 const ROOTFS = ['/usr/share/zoneinfo/Europe', '/usr/share/zoneinfo/Pacific', '/usr/share/zoneinfo/Arctic', '/usr/share/zoneinfo/CET', '/usr/lib/os-release', '/etc/os-release', '/usr/share/doc/bash', '/usr/share/doc/tar'];
-const IGNORE = { ignore: ['nlink', 'rootMeta'] as ('nlink' | 'rootMeta')[] };
 
-let work: string;
-let runDir: string;
-let sock: string;
-let cacheDir: string;
-let stateDir: string;
-let payloadDir: string;
-let anon: TestRegistry | undefined;
-let basicReg: TestRegistry | undefined;
+let work: string, runDir: string, sock: string, cacheDir: string, stateDir: string, payloadDir: string, source: string;
+let anon: TestRegistry | undefined, basicReg: TestRegistry | undefined, api: DaemonApiClient | undefined;
 let seeded: SeededImage;
 let converted: ConvertSummary;
-let source: string;
 let want: Map<string, EntrySnapshot>;
-let api: DaemonApiClient | undefined;
 const overlays = new Mounts();
 const mounted: string[] = [];
 
+/** what `mount --image -J` writes (the fields checked here) */
 interface MountJson {
-  reference: string;
-  manifest_digest: string;
-  frontend: string;
-  fsid: string;
-  blob_ids: string[];
-  blobs: Array<{ id: string; size: number }>;
-  bootstrap: { path: string };
+  reference: string; manifest_digest: string; frontend: string; fsid: string; registration: string; daemon_started: boolean;
+  blob_ids: string[]; blobs: Array<{ id: string; size: number }>; bootstrap: { path: string }; timings_ms: Record<string, number>;
   backend: { scheme: string; host: string; repo: string; auth: string; credentials: string };
-  daemon_started: boolean;
-  registration: string;
-  timings_ms: Record<string, number>;
 }
 
 const say = (msg: string): void => void process.stderr.write(`image-fanotify [${process.uptime().toFixed(1)} s]: ${msg}\n`);
 
-function daemonLogTail(): string {
-  try {
-    return `\n--- daemon log tail ---\n${fs.readFileSync(path.join(runDir, 'daemon.log'), 'utf8').split('\n').slice(-30).join('\n')}`;
-  } catch {
-    return '';
-  }
-}
+const daemonLog = (): string => (fs.existsSync(path.join(runDir, 'daemon.log')) ? fs.readFileSync(path.join(runDir, 'daemon.log'), 'utf8') : '');
+const daemonLogTail = (): string => `\n--- daemon log tail ---\n${daemonLog().split('\n').slice(-30).join('\n')}`;
 
 /** The CLI with our run dir (process.env, set in before) and, for one call, another DOCKER_CONFIG. */
 function nydus(args: string[], dockerConfig?: string): { stdout: string; stderr: string } {
@@ -142,13 +120,12 @@ function coldCache(ids: string[]): void {
   for (const id of ids) for (const d of ['blobs', 'presence']) fs.rmSync(path.join(cacheDir, d, id), { force: true });
 }
 
-function sameTree(mnt: string, what: string): Promise<void> {
+async function sameTree(mnt: string, what: string): Promise<void> {
   const t0 = performance.now();
-  return snapshotTree(mnt).then((got) => {
-    const diffs = diffTrees(want, got, IGNORE);
-    say(`${what}: ${got.size} entries compared in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-    assert.deepEqual(diffs.slice(0, 20), [], `${what}: ${diffs.length} differences`);
-  });
+  const got = await snapshotTree(mnt);
+  const diffs = diffTrees(want, got, { ignore: ['nlink', 'rootMeta'] });
+  say(`${what}: ${got.size} entries compared in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  assert.deepEqual(diffs.slice(0, 20), [], `${what}: ${diffs.length} differences`);
 }
 
 async function sameBytes(mnt: string, rel: string): Promise<number> {
@@ -369,7 +346,7 @@ test('a blob the registry answers 404 for: EIO on its files only; the daemon ser
   assert.ok(v && v.chunks_ready === 0 && v.digest_failures === 0, `the 404 blob: ${JSON.stringify(v)}`);
   const gets = registryBlobGets(anon!, 'nydus/broken', [victim!]);
   assert.ok(gets.statuses.length > 0 && gets.statuses.every((c) => c === 404), `GETs of the deleted blob: ${gets.statuses}`);
-  assert.match(fs.readFileSync(path.join(runDir, 'daemon.log'), 'utf8'), new RegExp(`${victim}[^\n]*404`));
+  assert.match(daemonLog(), new RegExp(`${victim}[^\n]*404`));
   // the other files were fetched from this repository, and the tree outside /opt/big.bin is whole
   assert.ok(registryBlobGets(anon!, 'nydus/broken', ids.filter((i) => i !== victim)).statuses.includes(206));
   umountImage(mnt);

@@ -97,6 +97,7 @@ export async function runSupervisor(opts: SupervisorOptions): Promise<void> {
     api.close();
     fs.rmSync(opts.apiSock, { force: true });
     handle.close();
+    log.info('supervisor: stopped (kernel handle closed)');
     process.exit(0);
   };
 

@@ -294,7 +294,8 @@ export class FanotifyFrontend implements KernelFrontend {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     const init: ReaderInit = { role: READER_ROLE, group: this.opts.group, wakeFd: this.wake[0], stop: this.stopFlag, port: port2, pollTimeoutMs: this.opts.pollTimeoutMs ?? 1000 };
-    const w = new Worker(__filename, { workerData: init, transferList: [port2], stdout: false, stderr: false });
+    // trackUnmanagedFds off: the event fds come from read(2) on the group, not from fs.open here
+    const w = new Worker(__filename, { workerData: init, transferList: [port2], stdout: false, stderr: false, trackUnmanagedFds: false });
     this.worker = w;
     this.workerExited = new Promise((resolve) => w.once('exit', () => resolve()));
     w.on('message', (m: FromReader) => this.onReader(m));
