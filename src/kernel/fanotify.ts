@@ -23,176 +23,19 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MessageChannel, MessagePort, Worker, isMainThread, parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { NydusError } from '../errors';
 import type { BlobSession, FrontendMount, ImageSource, KernelFrontend, RegisteredImage } from '../daemon/interfaces';
 import { LatencyHistogram } from '../daemon/blob-session';
 import { BlobCacheFile, CacheFileLog, PAGE } from './blob-cache-file';
 import {
-  FanotifyCacheLayout, FanotifyEvent, cacheLayout, denyStaleEvents, mountPoints, parseEvents, respond, EVENT_FD_LIMIT,
-  FAN_ALLOW, FAN_CLOSE_WRITE, FAN_DENY, FAN_MODIFY, FAN_PRE_ACCESS_MASK, FAN_Q_OVERFLOW,
+  FanotifyCacheLayout, cacheLayout, denyStaleEvents, mountPoints, respond, EVENT_FD_LIMIT, FAN_ALLOW, FAN_CLOSE_WRITE, FAN_DENY, FAN_MODIFY,
 } from './fanotify-group';
+import { FromReader, ReaderInit, SlowEvent, ToReader, READER_ROLE, now } from './fanotify-reader';
 import {
-  errnoName, fanotifyMark, lseek, newMount, pipe2, poll, umountSync,
-  FAN_MARK_ADD, FAN_MARK_IGNORE, FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_REMOVE, FAN_PRE_ACCESS,
-  FSCONFIG_MAX_STRING, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, O_CLOEXEC, O_NONBLOCK, POLLIN, POLLNVAL, SEEK_HOLE,
+  errnoName, fanotifyMark, newMount, pipe2, umountSync, FAN_MARK_ADD, FAN_MARK_IGNORE, FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_REMOVE,
+  FAN_PRE_ACCESS, FSCONFIG_MAX_STRING, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, O_CLOEXEC, O_NONBLOCK,
 } from '../sys/native';
-
-const READER_ROLE = 'nydus-ts:fanotify-reader';
-const now = (): number => performance.timeOrigin + performance.now();
-
-/** A read the event thread could not answer from the presence map. */
-interface SlowEvent {
-  fd: number;
-  /** `<dev>:<ino>` of the file read, '' if fstat failed */
-  key: string;
-  offset: number;
-  count: number;
-  pid: number;
-  /** when the event was read (ms since the epoch, µs resolution) */
-  t0: number;
-}
-
-type ToReader = { t: 'blob'; key: string; slot: number; bits: SharedArrayBuffer; size: number } | { t: 'drop'; key: string };
-type FromReader =
-  | { t: 'slow'; evs: SlowEvent[] }
-  /** fast-path answers: slot and latency (µs) per event */
-  | { t: 'fast'; slots: number[]; us: number[] }
-  | { t: 'modify'; keys: string[] }
-  | { t: 'overflow' }
-  | { t: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; msg: string }
-  | { t: 'dead'; msg: string };
-
-interface ReaderInit {
-  role: typeof READER_ROLE;
-  group: number;
-  wakeFd: number;
-  stop: SharedArrayBuffer;
-  port: MessagePort;
-  pollTimeoutMs: number;
-}
-
-// ------------------------------------------------------------------------------ event thread
-
-function runReader(init: ReaderInit): void {
-  const out = parentPort!;
-  const stop = new Int32Array(init.stop);
-  const blobs = new Map<string, { slot: number; bits: Uint8Array; size: number }>();
-  const buf = Buffer.alloc(64 << 10);
-  const wakeBuf = Buffer.alloc(64);
-  const evs: FanotifyEvent[] = [];
-  const keyOf = (fd: number): string => {
-    try {
-      const st = fs.fstatSync(fd, { bigint: true });
-      return `${st.dev}:${st.ino}`;
-    } catch {
-      return '';
-    }
-  };
-  const covered = (b: { bits: Uint8Array; size: number }, a: number, e: number): boolean => {
-    for (let p = Math.floor(a / PAGE); p * PAGE < e; p++) if ((Atomics.load(b.bits, p >> 3) & (1 << (p & 7))) === 0) return false;
-    return true;
-  };
-  while (Atomics.load(stop, 0) === 0) {
-    for (let m = receiveMessageOnPort(init.port); m; m = receiveMessageOnPort(init.port)) {
-      const msg = m.message as ToReader;
-      if (msg.t === 'blob') blobs.set(msg.key, { slot: msg.slot, bits: new Uint8Array(msg.bits), size: msg.size });
-      else blobs.delete(msg.key);
-    }
-    let n = 0;
-    try {
-      n = fs.readSync(init.group, buf, 0, buf.length, null);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EBADF') {
-        out.postMessage({ t: 'dead', msg: 'fanotify group fd is closed (EBADF)' } satisfies FromReader);
-        return;
-      }
-      if (code !== 'EAGAIN' && code !== 'EINTR') {
-        // EMFILE/ENFILE: no fd for the event; the kernel keeps it queued — back off briefly
-        out.postMessage({ t: 'log', level: 'error', msg: `fanotify: read() of the group failed: ${code} (EMFILE/ENFILE: too many open fds; raise RLIMIT_NOFILE)` } satisfies FromReader);
-        Atomics.wait(stop, 0, 0, 20);
-      }
-    }
-    if (n > 0) {
-      const t0 = now();
-      evs.length = 0;
-      try {
-        parseEvents(buf, n, evs);
-      } catch (e) {
-        out.postMessage({ t: 'log', level: 'error', msg: `${(e as Error).message}; the rest of this batch is dropped` } satisfies FromReader);
-      }
-      const slow: SlowEvent[] = [];
-      const fastSlots: number[] = [];
-      const fastUs: number[] = [];
-      const modified: string[] = [];
-      for (const ev of evs) {
-        if (ev.mask & FAN_Q_OVERFLOW) {
-          out.postMessage({ t: 'overflow' } satisfies FromReader);
-          continue;
-        }
-        if (ev.fd < 0) continue;
-        if (!(ev.mask & FAN_PRE_ACCESS_MASK)) {
-          if (ev.mask & (FAN_MODIFY | FAN_CLOSE_WRITE)) modified.push(keyOf(ev.fd));
-          else respond(init.group, ev.fd, FAN_DENY); // a permission event we never asked for
-          fs.closeSync(ev.fd);
-          continue;
-        }
-        const key = keyOf(ev.fd);
-        const b = blobs.get(key);
-        if (b && ev.offset !== undefined && ev.count !== undefined) {
-          const a = ev.offset - (ev.offset % PAGE);
-          const e = Math.min(ev.offset + ev.count, b.size);
-          let ok = a >= e; // past the end: nothing to fill
-          if (!ok && covered(b, a, e)) {
-            try {
-              const hole = lseek(ev.fd, a, SEEK_HOLE);
-              ok = hole >= e;
-            } catch {
-              ok = false;
-            }
-          }
-          if (ok && respond(init.group, ev.fd, FAN_ALLOW) === 0) {
-            fs.closeSync(ev.fd);
-            fastSlots.push(b.slot);
-            fastUs.push(Math.round((now() - t0) * 1000));
-            continue;
-          }
-        }
-        slow.push({ fd: ev.fd, key, offset: ev.offset ?? -1, count: ev.count ?? -1, pid: ev.pid, t0 });
-      }
-      if (slow.length) out.postMessage({ t: 'slow', evs: slow } satisfies FromReader);
-      if (fastSlots.length) out.postMessage({ t: 'fast', slots: fastSlots, us: fastUs } satisfies FromReader);
-      if (modified.length) out.postMessage({ t: 'modify', keys: modified } satisfies FromReader);
-      continue; // read again until EAGAIN
-    }
-    let r;
-    try {
-      r = poll([{ fd: init.group, events: POLLIN }, { fd: init.wakeFd, events: POLLIN }], init.pollTimeoutMs);
-    } catch (e) {
-      out.postMessage({ t: 'log', level: 'error', msg: `fanotify: ${(e as Error).message}` } satisfies FromReader);
-      Atomics.wait(stop, 0, 0, 100);
-      continue;
-    }
-    if (r.revents[0] & POLLNVAL) {
-      out.postMessage({ t: 'dead', msg: 'fanotify group fd is not open (POLLNVAL)' } satisfies FromReader);
-      return;
-    }
-    if (r.revents[1]) {
-      try {
-        while (fs.readSync(init.wakeFd, wakeBuf, 0, wakeBuf.length, null) > 0) {
-          /* drain */
-        }
-      } catch {
-        // EAGAIN: drained
-      }
-    }
-  }
-}
-
-if (!isMainThread && (workerData as ReaderInit | undefined)?.role === READER_ROLE) {
-  runReader(workerData as ReaderInit);
-}
 
 // ------------------------------------------------------------------------------ front end
 
@@ -310,7 +153,7 @@ export class FanotifyFrontend implements KernelFrontend {
     this.port = port1;
     const init: ReaderInit = { role: READER_ROLE, group: this.opts.group, wakeFd: this.wake[0], stop: this.stopFlag, port: port2, pollTimeoutMs: this.opts.pollTimeoutMs ?? 1000 };
     // trackUnmanagedFds off: the event fds come from read(2) on the group, not from fs.open here
-    const w = new Worker(__filename, { workerData: init, transferList: [port2], stdout: false, stderr: false, trackUnmanagedFds: false });
+    const w = new Worker(require.resolve('./fanotify-reader'), { workerData: init, transferList: [port2], stdout: false, stderr: false, trackUnmanagedFds: false });
     this.worker = w;
     this.workerExited = new Promise((resolve) => w.once('exit', () => resolve()));
     w.on('message', (m: FromReader) => this.onReader(m));
