@@ -307,9 +307,6 @@ int main(int argc, char **argv) {
   if (cache_fd < 0) die(cache);
   if (ftruncate(cache_fd, (off_t)blob_size) != 0) die("ftruncate");
 
-  if (mount(blobs, hsm, NULL, MS_BIND, NULL) != 0) die("bind mount");
-  if (mount(NULL, hsm, NULL, MS_PRIVATE, NULL) != 0) die("make private");
-
   /* block the signals before anything can leave a mount behind; they arrive on a signalfd */
   sigset_t ss;
   sigemptyset(&ss);
@@ -320,6 +317,9 @@ int main(int argc, char **argv) {
   if (sigprocmask(SIG_BLOCK, &ss, NULL) != 0) die("sigprocmask");
   int sfd = signalfd(-1, &ss, SFD_CLOEXEC);
   if (sfd < 0) die("signalfd");
+
+  if (mount(blobs, hsm, NULL, MS_BIND, NULL) != 0) die("bind mount");
+  if (mount(NULL, hsm, NULL, MS_PRIVATE, NULL) != 0) die("make private");
 
   fan_fd = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_UNLIMITED_QUEUE, O_RDWR | O_CLOEXEC);
   if (fan_fd < 0) {

@@ -10,7 +10,8 @@
  *              verifying every chunk's blake3.
  *
  *   node dist/bench/read-host-bench.js [--rounds 3] [--size 256] [--json FILE] [--variants LIST]
- *        [--readers 16] [--reader-mib 4] [--piece-kib 128] [--timeout 600] [--work-dir DIR] [--keep]
+ *        [--readers 16] [--reader-mib 4] [--piece-kib 128] [--timeout 600] [--sources hot|cold]
+ *        [--no-prime] [--wait-quiet S] [--work-dir DIR] [--keep]
  *
  * Cases, per round and per variant (variants interleaved within a round; medians reported):
  *  - cold:     mount, sync + drop caches (see coldStart: files primed, daemon sources hot by
@@ -18,7 +19,7 @@
  *  - warm:     read it again (EROFS page cache hot);
  *  - remount:  (naive-c, nydus-ts) umount, mount again, sync + drop caches, read: the cache file
  *              is filled; nydus-ts should fetch 0 backend bytes, naive-c copies again (it keeps
- *              no presence map) but reads its source from disk as nydus-ts reads its cache file;
+ *              no presence map);
  *  - parallel: a fresh mount (and fresh cache), drop caches, then --readers processes at once,
  *              each reading --reader-mib MiB in random --piece-kib KiB pieces.
  * Every case is verified: after each sequential read the file's sha256 through the mount must
@@ -310,7 +311,7 @@ function readAll(c: Ctx, paths: string[]): void {
  *  1. With priming (default) all of them are read once. This VM's disk is cached by the host for
  *     a while, unpredictably (a native cold read of the same file: 0.6–3.7 GB/s); reading every
  *     variant's files just before puts them in the same state.
- *  2. sync, drop the page cache.
+ *  2. sync, drop the page cache (and sync before 1 as well).
  *  3. With --sources hot (default), the daemons' sources are read back into the page cache, so
  *     that a daemon's cold case measures the front end and the daemon, as with a fast local
  *     backend: with its source on this disk, the naive C daemon's cold read varied from 0.2 to
@@ -318,6 +319,9 @@ function readAll(c: Ctx, paths: string[]): void {
  *     1.6–1.7 GB/s.
  */
 function coldStart(c: Ctx, backing: string[], sources: string[] = []): void {
+  // write back what the previous case left dirty (a daemon's cache file) before priming, so
+  // that the case does not read while 256 MiB of writes drain
+  spawnSync('sync');
   if (c.a.prime) readAll(c, [...backing, ...sources]);
   dropCaches();
   if (c.a.sources === 'hot') readAll(c, sources);
@@ -644,6 +648,8 @@ interface CaseResult {
   bytes: number;
   /** naive-c: its own counters for the case; nydus-ts: the status delta */
   events?: NaiveStats | Record<string, number>;
+  /** user + system CPU of the daemon's process tree during the timed read */
+  daemon_cpu_ms?: number;
 }
 
 interface RoundResult {
@@ -672,18 +678,47 @@ interface Ctx {
   srcFile: string;
 }
 
-async function seqRead(c: Ctx, mnt: string, what: string): Promise<CaseResult> {
+/** user + system CPU ms of a process and all its descendants (/proc/PID/stat utime + stime) */
+function treeCpuMs(root: number | undefined): number {
+  if (root === undefined) return NaN;
+  const procs = new Map<number, { ppid: number; ms: number }>();
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const st = fs.readFileSync(`/proc/${e}/stat`, 'utf8');
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+      procs.set(Number(e), { ppid: Number(f[1]), ms: ((Number(f[11]) + Number(f[12])) * 1000) / 100 }); // USER_HZ
+    } catch {
+      // gone meanwhile
+    }
+  }
+  let ms = 0;
+  for (const [pid, p] of procs) {
+    for (let q = pid, depth = 0; q > 1 && depth < 64; q = procs.get(q)?.ppid ?? 0, depth++) {
+      if (q === root) {
+        ms += p.ms;
+        break;
+      }
+    }
+  }
+  return ms;
+}
+
+async function seqRead(c: Ctx, mnt: string, what: string, daemonPid?: number): Promise<CaseResult> {
   const file = path.join(mnt, c.rel);
+  const cpu0 = treeCpuMs(daemonPid);
   const [r] = await runReaders([{ mode: 'seq', file }], c.a.timeoutS);
+  const daemonCpu = treeCpuMs(daemonPid) - cpu0;
   if (r.bytes !== c.size) throw new Error(`${what}: read ${r.bytes} bytes, expected ${c.size}`);
   const [v] = await runReaders([{ mode: 'sha256', file }], c.a.timeoutS);
   if (v.sha256 !== c.sha) throw new Error(`${what}: WRONG BYTES: sha256 through the mount ${v.sha256} != source ${c.sha}`);
-  return { seconds: secondsOf(r), bytes: r.bytes };
+  return { seconds: secondsOf(r), bytes: r.bytes, daemon_cpu_ms: daemonCpu };
 }
 
-async function parallelRead(c: Ctx, mnt: string, round: number, what: string): Promise<CaseResult> {
+async function parallelRead(c: Ctx, mnt: string, round: number, what: string, daemonPid?: number): Promise<CaseResult> {
   const piece = c.a.pieceKiB * 1024;
   const offsets = Array.from({ length: c.a.readers }, (_, k) => readerOffsets(c.a, c.size, round, k));
+  const cpu0 = treeCpuMs(daemonPid);
   const rs = await runReaders(offsets.map((o) => ({ mode: 'pieces', file: path.join(mnt, c.rel), piece, offsets: o })), c.a.timeoutS);
   for (const [k, r] of rs.entries()) {
     const want = expectedPiecesSha(c.srcFile, piece, offsets[k]);
@@ -691,7 +726,7 @@ async function parallelRead(c: Ctx, mnt: string, round: number, what: string): P
   }
   const t0 = rs.map((r) => BigInt(r.t0)).reduce((x, y) => (y < x ? y : x));
   const t1 = rs.map((r) => BigInt(r.t1)).reduce((x, y) => (y > x ? y : x));
-  return { seconds: Number(t1 - t0) / 1e9, bytes: rs.reduce((n, r) => n + r.bytes, 0) };
+  return { seconds: Number(t1 - t0) / 1e9, bytes: rs.reduce((n, r) => n + r.bytes, 0), daemon_cpu_ms: treeCpuMs(daemonPid) - cpu0 };
 }
 
 async function roundNative(c: Ctx, r: number): Promise<RoundResult> {
@@ -724,17 +759,17 @@ async function roundNaive(c: Ctx, r: number): Promise<RoundResult> {
   try {
     await naiveStats(d); // reset
     coldStart(c, [c.boot], [c.raw]);
-    out.cold = await seqRead(c, mnt, 'naive-c cold');
+    out.cold = await seqRead(c, mnt, 'naive-c cold', d.proc.pid);
     out.cold.events = await naiveStats(d);
     if (out.cold.events.events === 0) throw new Error('naive-c cold: the daemon saw no events: reads bypassed it (mark after mount?)');
-    out.warm = await seqRead(c, mnt, 'naive-c warm');
+    out.warm = await seqRead(c, mnt, 'naive-c warm', d.proc.pid);
     out.warm.events = await naiveStats(d);
     // remount through the marked bind mount while the daemon keeps its mark
     umount(mnt);
     sh(c.naiveBin, ['--mount-only', '--meta', c.boot, '--device', path.join(store, 'hsm', 'blob'), '--mnt', mnt]);
     coldStart(c, [c.boot, path.join(store, 'blobs')], [c.raw]);
     await naiveStats(d);
-    out.remount = await seqRead(c, mnt, 'naive-c remount');
+    out.remount = await seqRead(c, mnt, 'naive-c remount', d.proc.pid);
     out.remount.events = await naiveStats(d);
   } finally {
     await stopNaive(d);
@@ -746,7 +781,7 @@ async function roundNaive(c: Ctx, r: number): Promise<RoundResult> {
   try {
     await naiveStats(d);
     coldStart(c, [c.boot], [c.raw]);
-    out.parallel = await parallelRead(c, mnt, r, 'naive-c parallel');
+    out.parallel = await parallelRead(c, mnt, r, 'naive-c parallel', d.proc.pid);
     out.parallel.events = await naiveStats(d);
   } finally {
     await stopNaive(d);
@@ -755,10 +790,15 @@ async function roundNaive(c: Ctx, r: number): Promise<RoundResult> {
   return out;
 }
 
-/** Counters of the nydus-ts blob metrics that grow, as after − before. */
+/** Counters of the nydus-ts blob metrics that grow, as after − before (a counter that went down
+ * was reset, e.g. by a remount, and counts from 0). */
 function metricsDelta(b: OurBlobMetrics | null, a: OurBlobMetrics | null): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const k of ['events', 'fast_path', 'slow_path', 'denials', 'backend_bytes']) out[k] = num(a?.[k]) - (num(b?.[k]) || 0);
+  for (const k of ['events', 'fast_path', 'slow_path', 'denials', 'backend_bytes']) {
+    const x = num(a?.[k]);
+    const y = num(b?.[k]) || 0;
+    out[k] = x >= y ? x - y : x;
+  }
   return out;
 }
 
@@ -795,17 +835,17 @@ async function roundOursInner(c: Ctx, r: number): Promise<RoundResult> {
     mount(d);
     coldStart(c, [c.boot, cache], [c.blobDir]);
     const m0 = ourStatus(d.sock, c.blobId);
-    out.cold = await seqRead(c, mnt, 'nydus-ts cold');
+    out.cold = await seqRead(c, mnt, 'nydus-ts cold', d.proc.pid);
     out.metrics_cold = ourStatus(d.sock, c.blobId);
     out.cold.events = metricsDelta(m0, out.metrics_cold);
-    out.warm = await seqRead(c, mnt, 'nydus-ts warm');
+    out.warm = await seqRead(c, mnt, 'nydus-ts warm', d.proc.pid);
     const m2 = ourStatus(d.sock, c.blobId);
     out.warm.events = metricsDelta(out.metrics_cold, m2);
     unmount();
     mount(d);
     coldStart(c, [c.boot, cache], [c.blobDir]);
     const m3 = ourStatus(d.sock, c.blobId);
-    out.remount = await seqRead(c, mnt, 'nydus-ts remount');
+    out.remount = await seqRead(c, mnt, 'nydus-ts remount', d.proc.pid);
     out.metrics_remount = ourStatus(d.sock, c.blobId);
     out.remount.events = metricsDelta(m3, out.metrics_remount);
     out.remount_backend_bytes = out.remount.events.backend_bytes;
@@ -822,7 +862,7 @@ async function roundOursInner(c: Ctx, r: number): Promise<RoundResult> {
     mount(d);
     coldStart(c, [c.boot, cache], [c.blobDir]);
     const m0 = ourStatus(d.sock, c.blobId);
-    out.parallel = await parallelRead(c, mnt, r, 'nydus-ts parallel');
+    out.parallel = await parallelRead(c, mnt, r, 'nydus-ts parallel', d.proc.pid);
     out.metrics_parallel = ourStatus(d.sock, c.blobId);
     out.parallel.events = metricsDelta(m0, out.metrics_parallel);
     unmount();
@@ -976,11 +1016,11 @@ async function main(): Promise<void> {
     L.push(`Host read benchmark (fanotify): ${a.sizeMiB} MiB file of random data; blob ${(blobBytes / MiB).toFixed(1)} MiB (zstd + blake3, 1 MiB chunks); ` +
       `${a.rounds} round(s), medians (min–max); kernel ${os.release()}, ${os.cpus().length} CPU(s); parallel = ${a.readers} readers × ${a.readerMiB} MiB in random ${a.pieceKiB} KiB pieces, cold; ` +
       `cold = page cache dropped${a.prime ? ' (files primed in the host cache)' : ' (not primed)'}, daemon sources ${a.sources === 'hot' ? 'in the page cache' : 'dropped too'}`);
-    L.push(`${'case'.padEnd(34)}${'cold'.padStart(18)}${'warm'.padStart(18)}${'remount'.padStart(18)}${'parallel'.padStart(18)}   MiB/s`);
+    L.push(`${'MiB/s: median (min–max)'.padEnd(34)}${'cold'.padStart(21)}${'warm'.padStart(21)}${'remount'.padStart(21)}${'parallel'.padStart(21)}`);
     for (const v of a.variants) {
       const cell = (k: CaseName): string => {
         const s = summary[v][k];
-        return (s ? `${s.mib_per_s.toFixed(0)} (${s.min.toFixed(0)}–${s.max.toFixed(0)})` : '-').padStart(18);
+        return (s ? `${s.mib_per_s.toFixed(0)} (${s.min.toFixed(0)}–${s.max.toFixed(0)})` : '-').padStart(21);
       };
       L.push(`${LABEL[v].padEnd(34)}${CASES.map(cell).join('')}${v === 'nydus-ts' && oursError ? '   (failed)' : ''}`);
     }
@@ -1019,6 +1059,18 @@ async function main(): Promise<void> {
       L.push(`naive C, last round: cold ${e(nc.cold)}; warm ${e(nc.warm)}; remount ${e(nc.remount)}; parallel ${e(nc.parallel)}`);
     }
     const oc = last(results['nydus-ts']);
+    const cpuLine = (v: VariantName): void => {
+      const rr0 = last(results[v]);
+      if (!rr0) return;
+      const cell = (k: CaseName): string => {
+        const x = rr0[k];
+        return x?.daemon_cpu_ms === undefined || !Number.isFinite(x.daemon_cpu_ms) ? '' : `${k} ${x.daemon_cpu_ms.toFixed(0)} ms (${(x.daemon_cpu_ms / 1000 / x.seconds * 100).toFixed(0)}% of the read's time)`;
+      };
+      const cells = CASES.map(cell).filter(Boolean);
+      if (cells.length) L.push(`${v} daemon CPU during the timed reads (10 ms ticks), last round: ${cells.join(', ')}`);
+    };
+    cpuLine('naive-c');
+    cpuLine('nydus-ts');
     if (oc) {
       const e = (x?: CaseResult): string => Object.entries((x?.events as Record<string, number>) ?? {}).map(([k, n]) => `${k} ${Number.isFinite(n) ? n : '?'}`).join(', ');
       L.push(`nydus-ts, last round: cold: ${e(oc.cold)}; warm: ${e(oc.warm)}; remount: ${e(oc.remount)}; parallel: ${e(oc.parallel)}`);
