@@ -343,11 +343,14 @@ export class FanotifyFrontend implements KernelFrontend {
       const a = ev.offset - (ev.offset % PAGE);
       const e = Math.min(ev.offset + ev.count, b.file.size);
       if (a < e) {
-        for (let attempt = 0; ; attempt++) {
+        // The map may claim pages the file lost (the event thread found a hole): drop those bits
+        // first. Then fill until the map covers the range; pages just written are not re-checked.
+        if (b.file.covers(a, e)) {
           const dropped = b.file.dropHoles(a, e);
           for (const [s, t] of dropped) b.session.forget?.(s, t - s);
           b.c.holes_found += dropped.length;
-          if (b.file.covers(a, e) && !dropped.length) break;
+        }
+        for (let attempt = 0; !b.file.covers(a, e); attempt++) {
           if (attempt === 2) throw new NydusError('ERR_DAEMON', `range ${a}+${e - a} is still not present after filling it`);
           await b.session.ensure(a, e - a);
         }
@@ -443,7 +446,8 @@ export class FanotifyFrontend implements KernelFrontend {
    * EROFS bdi that did not exist before; mounts are made one at a time here). Best effort.
    */
   private tuneReadahead(mnt: string, before: Set<string>): void {
-    const kb = this.opts.readaheadKb ?? 1024;
+    const env = Number(process.env.NYDUS_TS_FANOTIFY_READAHEAD_KB);
+    const kb = this.opts.readaheadKb ?? (process.env.NYDUS_TS_FANOTIFY_READAHEAD_KB && Number.isFinite(env) && env >= 0 ? env : 1024);
     if (!kb) return;
     const fresh = [...erofsBdis()].filter((n) => !before.has(n));
     if (fresh.length !== 1) {
