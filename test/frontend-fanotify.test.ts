@@ -11,6 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as crypto from 'node:crypto';
 import { execFile, spawn } from 'node:child_process';
+import * as http from 'node:http';
 import { promisify } from 'node:util';
 import { defineDaemonConformance, sha, CLI, waitUntil } from './conformance/daemon-suite';
 import { parseEvents, FanotifyEvent, fsTypeOf } from '../src/kernel/fanotify-group';
@@ -154,6 +155,73 @@ test('[fanotify] an image with 64 blobs and long paths mounts (new mount API) an
   assert.equal(mine.blobs.length, 64);
   for (const [name, data] of files) assert.ok(fs.readFileSync(path.join(mnt, name)).equals(data), name);
   await ctx.umount(mnt);
+});
+
+test('[fanotify] a slow blob never blocks another: reads of one image complete while another image\'s backend holds its answers', async () => {
+  // image A reads its blob through an http-proxy backend that answers only when told to
+  const srcA = path.join(ctx.work, 'slowA');
+  const srcB = path.join(ctx.work, 'slowB');
+  fs.mkdirSync(srcA);
+  fs.mkdirSync(srcB);
+  const dataA = crypto.randomBytes(700_000);
+  const dataB = crypto.randomBytes(700_000);
+  fs.writeFileSync(path.join(srcA, 'a'), dataA);
+  fs.writeFileSync(path.join(srcB, 'b'), dataB);
+  const imgA = await ctx.build('slowA', srcA);
+  const imgB = await ctx.build('slowB', srcB);
+  const held: Array<() => void> = [];
+  let served = 0;
+  const server = http.createServer((req, res) => {
+    const m = /^\/blobs\/([0-9a-f]{64})$/.exec(req.url ?? '');
+    const file = m && path.join(imgA.blobs, m[1]);
+    if (!file || !fs.existsSync(file)) {
+      res.writeHead(404).end();
+      return;
+    }
+    const data = fs.readFileSync(file);
+    const r = /bytes=(\d+)-(\d+)/.exec(String(req.headers.range ?? ''));
+    const [from, to] = r ? [Number(r[1]), Number(r[2])] : [0, data.length - 1];
+    const answer = (): void => {
+      res.writeHead(r ? 206 : 200, { 'content-length': to - from + 1, ...(r ? { 'content-range': `bytes ${from}-${to}/${data.length}` } : {}) });
+      res.end(data.subarray(from, to + 1));
+    };
+    // the chunk index is answered at once; chunk data waits until the test releases it
+    if (to - from + 1 <= 64 << 10 && from > 0) answer();
+    else
+      held.push(() => {
+        served++;
+        answer();
+      });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as import('node:net').AddressInfo).port;
+  try {
+    const work = path.join(ctx.work, 'slow-work');
+    fs.mkdirSync(work, { recursive: true });
+    const reg = await ctx.api.request('PUT', '/api/v2/blobs', JSON.stringify({
+      type: 'bootstrap', id: 'slowA', domain_id: '',
+      config_v2: { version: 2, id: 'slowA', backend: { type: 'http-proxy', 'http-proxy': { addr: `http://127.0.0.1:${port}`, path: '/blobs', timeout: 120 } }, cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: imgA.boot },
+    }));
+    assert.equal(reg.status, 204, JSON.stringify(reg.body));
+    const mntA = path.join(ctx.work, 'mnt', 'slowA');
+    fs.mkdirSync(mntA, { recursive: true });
+    const mnt = await ctx.api.request('POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mntA)}`, JSON.stringify({ id: 'slowA' }));
+    assert.equal(mnt.status, 200, JSON.stringify(mnt.body));
+    const readA = execFileP('sha256sum', [path.join(mntA, 'a')]);
+    await waitUntil('image A\'s first fetch to be held', () => held.length > 0);
+    // A's reader is blocked in the kernel; B is served meanwhile
+    const mntB = await ctx.mountImage('slowB', imgB);
+    assert.ok(fs.readFileSync(path.join(mntB, 'b')).equals(dataB));
+    assert.equal(served, 0, 'image A got none of its chunk data yet');
+    while (held.length) held.shift()!();
+    const hashA = (await readA).stdout.split(' ')[0];
+    assert.equal(hashA, crypto.createHash('sha256').update(dataA).digest('hex'));
+    await ctx.api.request('DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(mntA)}`);
+    await ctx.umount(mntB);
+  } finally {
+    while (held.length) held.shift()!();
+    server.close();
+  }
 });
 
 test('[fanotify] a busy mount is reported, never detached lazily; exit waits for mounts', async () => {
