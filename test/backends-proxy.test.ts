@@ -194,7 +194,7 @@ describe('backend proxy (nginx standing in for a Dragonfly peer)', () => {
     await readOk(hp, BLOB.length - 1, 1);
     assert.equal(o.proxied, 7);
     assert.equal(o.direct, 0);
-    const lines = n.requests();
+    const lines = await n.settledRequests(7);
     assert.equal(lines.length, 7);
     const regLine = lines[0];
     assert.equal(regLine.request, `GET http://${o.host}/v2/${REPO}/blobs/sha256:${BLOB_ID} HTTP/1.1`, 'absolute URL in the request line (forward proxy)');
@@ -332,7 +332,7 @@ describe('backend proxy (nginx standing in for a Dragonfly peer)', () => {
     cleanups.push(() => b.close());
     await readOk(b, 123, 456);
     assert.equal(o.proxied, 1);
-    assert.equal(n.requests()[0].request, `GET http://${o.host}/v2/${REPO}/blobs/sha256:${BLOB_ID} HTTP/1.1`);
+    assert.equal((await n.settledRequests())[0].request, `GET http://${o.host}/v2/${REPO}/blobs/sha256:${BLOB_ID} HTTP/1.1`);
   });
 
   test('s3 through the proxy: Host and the SigV4 signature survive (s3rver verifies it)', async () => {
@@ -356,7 +356,7 @@ describe('backend proxy (nginx standing in for a Dragonfly peer)', () => {
     cleanups.push(() => b.close());
     await readOk(b, 1000, 64 * 1024);
     assert.equal(b.stats().proxyReads, 1);
-    const line = n.requests()[0];
+    const line = (await n.settledRequests())[0];
     assert.equal(line.request, `GET http://127.0.0.1:${port}/bkt/blobs/${BLOB_ID} HTTP/1.1`);
     assert.equal(line.status, 206);
     assert.equal(line.auth, true);

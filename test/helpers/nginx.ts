@@ -211,6 +211,17 @@ http {
     return parseLog(this.accessLog);
   }
 
+  /** the access log once it has at least `min` lines: nginx logs a request after answering it */
+  async settledRequests(min = 1, ms = 5000): Promise<LogLine[]> {
+    const end = Date.now() + ms;
+    let lines = this.requests();
+    while (lines.length < min && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 20));
+      lines = this.requests();
+    }
+    return lines;
+  }
+
   /** answered pings from others than this helper (whose readiness checks ask /ping?ready) */
   pings(): LogLine[] {
     return parseLog(this.pingLog).filter((l) => l.status === 200 && !l.request.includes('?ready'));
