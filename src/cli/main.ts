@@ -12,6 +12,7 @@ import { NydusError } from '../errors';
 import { Progress, human, emitJson } from './progress';
 import { addDaemonCommands } from './daemon-commands';
 import { addOciCommands } from './oci-commands';
+import { addSnapshotterCommands } from './snapshotter-commands';
 
 // Start-up loads only commander and the light modules above: each command's implementation is
 // imported inside its action (`await import(…)`, a lazy require), so `--version`, `--help` and
@@ -215,6 +216,7 @@ export function buildProgram(): Command {
 
   addDaemonCommands(program);
   addOciCommands(program);
+  addSnapshotterCommands(program);
   return program;
 }
 
