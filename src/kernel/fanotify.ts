@@ -159,7 +159,11 @@ export class FanotifyFrontend implements KernelFrontend {
     w.on('message', (m: FromReader) => this.onReader(m));
     w.on('error', (e) => this.log('error', `fanotify event thread failed: ${errMsg(e)}`));
     w.once('exit', (code) => {
-      if (!this.stopped) this.log('error', `fanotify event thread exited (code ${code}); reads are no longer served`);
+      if (this.stopped) return;
+      // Without it nobody answers the kernel: end this process (mounts and group stay), so the
+      // supervisor starts a successor that denies the stale events and serves the rest.
+      this.log('error', `fanotify event thread exited (code ${code}); ending this serving process so that a new one takes over`);
+      setImmediate(() => process.exit(70));
     });
     for (const b of this.blobs.values()) this.tellReader(b);
   }
