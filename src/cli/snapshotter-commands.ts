@@ -13,15 +13,28 @@ export const DEFAULT_SNAPSHOTTER_ADDRESS = '/run/nydus-ts/snapshotter.sock';
 export function addSnapshotterCommands(program: Command): void {
   program
     .command('snapshotter')
-    .description('containerd proxy snapshotter (gRPC containerd.services.snapshots.v1.Snapshots on a unix socket): plain OCI layers as directories + overlayfs, like containerd\'s overlayfs snapshotter; runs until SIGTERM/SIGINT')
-    .option('--root <dir>', 'state directory: metadata.json and snapshots/<id>/{fs,work}', DEFAULT_SNAPSHOTTER_ROOT)
+    .description('containerd proxy snapshotter (gRPC containerd.services.snapshots.v1.Snapshots on a unix socket): plain OCI layers as directories + overlayfs, like containerd\'s overlayfs snapshotter; nydus images lazily (data layers never downloaded, the rootfs an overlay on the daemon\'s EROFS mount of the image under <root>/images); runs until SIGTERM/SIGINT')
+    .option('--root <dir>', 'state directory: metadata.json, snapshots/<id>/{fs,work}, images/<id>/mnt (nydus image mounts), daemon/ and cache/ (our own daemon)', DEFAULT_SNAPSHOTTER_ROOT)
     .option('--address <sock>', 'unix socket containerd dials (proxy_plugins address)', DEFAULT_SNAPSHOTTER_ADDRESS)
-    .option('--daemon-apisock <sock>', 'API socket of the nydus-ts daemon that will serve nydus images lazily (recorded; nydus image support is not in this version)')
+    .option('--daemon-apisock <sock>', 'API socket of the nydus-ts daemon that serves nydus images lazily (default: start our own daemon, --frontend auto, cache under --root, on the first nydus image)')
+    .option('--insecure-registry <host[:port]>', 'a registry reached over plain HTTP (repeatable; loopback registries always are)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('-l, --log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(async (o) => {
       const { runSnapshotter } = await import('../containerd/service');
       const daemonApiSock = o.daemonApisock === undefined ? undefined : path.resolve(o.daemonApisock);
-      await runSnapshotter({ root: o.root, address: o.address, daemonApiSock, logLevel: o.logLevel });
+      await runSnapshotter({ root: o.root, address: o.address, daemonApiSock, insecureRegistries: o.insecureRegistry, logLevel: o.logLevel });
       await new Promise(() => undefined); // serves until a signal
+    });
+
+  program
+    .command('pull')
+    .description('pull an image through containerd\'s CRI image service (runtime.v1.ImageService/PullImage, namespace k8s.io): the path that passes the image reference to snapshotters, so nydus images are pulled lazily; then `ctr -n k8s.io run --snapshotter nydus-ts REF ID CMD`')
+    .option('--address <sock>', 'containerd\'s socket', '/run/containerd/containerd.sock')
+    .option('--creds <user:password>', 'registry credentials for this pull')
+    .argument('<ref>')
+    .action(async (ref: string, o) => {
+      const { criPull } = await import('../containerd/cri-pull');
+      const id = await criPull(ref, { address: o.address, creds: o.creds });
+      process.stdout.write(`${id}\n`);
     });
 }

@@ -12,13 +12,16 @@ import { NydusError } from '../errors';
 import { Logger } from '../daemon/log';
 import { writeFileAtomic } from '../util/atomic-file';
 import { Snapshotter } from './snapshotter';
+import { NydusHooks } from './nydus';
 import { createSnapshotsServer, bindUnix, shutdown } from './grpc-server';
 
 export interface RunSnapshotterOptions {
   root: string;
   address: string;
-  /** the nydus-ts daemon serving lazy images (used by nydus image support, part 2 of issue #10) */
+  /** the nydus-ts daemon serving lazy images; none = the snapshotter starts its own (nydus.ts) */
   daemonApiSock?: string;
+  /** registries (HOST[:PORT]) reached over plain HTTP besides loopback ones */
+  insecureRegistries?: string[];
   logLevel?: string;
 }
 
@@ -119,9 +122,11 @@ export async function runSnapshotter(o: RunSnapshotterOptions): Promise<void> {
   let server: import('@grpc/grpc-js').Server | undefined;
   let bound = false;
   try {
-    // nydus images (part 2) plug in here: hooks built from o.daemonApiSock give rootfs snapshots
-    // whose ancestry holds a nydus bootstrap layer their lazy mounts (SnapshotHooks)
-    const sn = Snapshotter.open({ root, log });
+    // nydus images: remote data layers, bootstrap directories, lazy rootfs mounts (nydus.ts)
+    const hooks = new NydusHooks({ root, daemonApiSock: o.daemonApiSock, insecureRegistries: o.insecureRegistries, log });
+    const sn = Snapshotter.open({ root, log, hooks });
+    hooks.bind(sn);
+    await hooks.sweep();
     server = createSnapshotsServer(sn, log);
     await bindUnix(server, sock).catch((e: Error) => {
       throw new NydusError('ERR_INVALID_ARGUMENT', `--address ${o.address}: cannot listen: ${e.message}`, { sock });

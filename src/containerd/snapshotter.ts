@@ -47,6 +47,12 @@ export interface SnapshotHooks {
   mounts?(ctx: MountContext): Promise<Mount[] | undefined>;
   /** After a snapshot is gone from the metadata, before its directory is removed (release what mounts() set up). */
   removed?(key: string, record: SnapshotRecord): Promise<void>;
+  /**
+   * First thing a Prepare does: `{ commitAs }` makes the committed snapshot `commitAs` (with the
+   * labels, an empty directory) instead and answers ALREADY_EXISTS (a remote layer: containerd
+   * skips its download).
+   */
+  prepare?(key: string, parent: string, labels: Record<string, string>): { commitAs: string } | undefined;
 }
 
 export interface SnapshotterOptions {
@@ -111,6 +117,8 @@ export class Snapshotter {
   private async create(kind: 'active' | 'view', key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
     if (!key) throw badArgument(`${kind === 'active' ? 'Prepare' : 'View'}: empty snapshot key`);
     const cleanLabels = checkLabels(key, labels);
+    const remote = kind === 'active' ? this.hooks.prepare?.(key, parent, cleanLabels) : undefined;
+    if (remote) return this.createRemoteLayer(key, remote.commitAs, parent, cleanLabels);
     const record = await this.exclusive(async () => {
       if (this.store.get(key)) throw alreadyExists(`snapshot ${key}: already exists`, { key });
       let parentIds: string[] = [];
@@ -158,6 +166,39 @@ export class Snapshotter {
       await this.remove(key).catch(() => undefined);
       throw e;
     }
+  }
+
+  /** The committed snapshot `name` of a remote layer (empty directory), then ALREADY_EXISTS for `key`. */
+  private async createRemoteLayer(key: string, name: string, parent: string, labels: Record<string, string>): Promise<never> {
+    await this.exclusive(async () => {
+      if (this.store.get(name)) return; // made by an earlier pull: same answer
+      if (parent) {
+        const p = this.store.get(parent);
+        if (!p) throw notFound(`snapshot ${key}: parent ${parent} does not exist`, { key, parent });
+        if (p.kind !== 'committed') throw badArgument(`snapshot ${key}: parent ${parent} is not a committed snapshot (it is ${p.kind})`, { key, parent });
+      }
+      const id = this.allocateId();
+      const tmp = fs.mkdtempSync(path.join(this.layout.snapshotsDir, 'new-'));
+      try {
+        fs.mkdirSync(path.join(tmp, 'fs'), { mode: 0o755 });
+        fs.renameSync(tmp, this.layout.dir(id));
+      } catch (e) {
+        fs.rmSync(tmp, { recursive: true, force: true });
+        throw e;
+      }
+      const now = Date.now();
+      try {
+        this.store.update((m) => {
+          m.snapshots[name] = { id, kind: 'committed', parent, labels, createdMs: now, updatedMs: now, usage: { size: 0, inodes: 0 } };
+          m.nextId = Math.max(m.nextId, Number(id) + 1);
+        });
+      } catch (e) {
+        fs.rmSync(this.layout.dir(id), { recursive: true, force: true });
+        throw e;
+      }
+      this.log('debug', `remote layer ${name} committed for ${key}`, { id, parent });
+    });
+    throw alreadyExists(`snapshot ${key}: target ${name} already exists (remote layer, fetched lazily)`, { key, target: name });
   }
 
   /** The next id whose directory is free (a crash after the rename and before the metadata write leaves one taken). */
@@ -224,6 +265,11 @@ export class Snapshotter {
       }
     });
     this.log('debug', `removed ${key}`, { id: removed.id });
+  }
+
+  /** The stored record of `key` (its directory id), if any. */
+  record(key: string): SnapshotRecord | undefined {
+    return this.store.get(key);
   }
 
   stat(key: string): SnapshotInfo {

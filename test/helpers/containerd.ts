@@ -178,7 +178,7 @@ export interface PrivateContainerd {
   stop(): Promise<void>;
 }
 
-export async function startContainerd(dir: string, snapshotterSock: string, snapshotterName = 'nydus-ts'): Promise<PrivateContainerd> {
+export async function startContainerd(dir: string, snapshotterSock: string, snapshotterName = 'nydus-ts', opts: { namespace?: string } = {}): Promise<PrivateContainerd> {
   for (const [cmd, pkg] of [['containerd', 'containerd'], ['ctr', 'containerd'], ['runc', 'runc'], ['containerd-shim-runc-v2', 'containerd']]) requireCommand(cmd, pkg);
   const root = path.join(dir, 'root');
   const state = path.join(dir, 'state');
@@ -220,7 +220,8 @@ export async function startContainerd(dir: string, snapshotterSock: string, snap
     resolve();
   }));
   const log = (): string => (fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '');
-  const namespace = 'nydus-ts-test';
+  // CRI pulls land in k8s.io: tests of them pass { namespace: 'k8s.io' }
+  const namespace = opts.namespace ?? 'nydus-ts-test';
   const ctrResult = async (args: string[], timeoutMs = 60_000): Promise<{ code: number; stdout: string; stderr: string }> => {
     try {
       const r = await execFileP('ctr', ['-a', sock, '-n', namespace, ...args], { timeout: timeoutMs, maxBuffer: 64 << 20 });
