@@ -48,7 +48,18 @@ mounted /dev/shm || mount -t tmpfs -o mode=1777,nosuid,nodev shm /dev/shm
 mount -t tmpfs -o mode=755,nosuid,nodev run /run || say "mount /run failed"
 mkdir -p /run/tmp /run/nydus-cache
 chmod 1777 /run/tmp
-[ -d /sys/fs/cgroup ] && mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+# cgroup v1 hierarchies, like the host (cgroup v1 hybrid): on cgroup2, runc applies device rules
+# as a BPF program, and the test kernel has no bpf(2) (CONFIG_BPF_SYSCALL off), so no container
+# could start; v1's devices controller needs no BPF.
+if [ -d /sys/fs/cgroup ]; then
+  mount -t tmpfs -o mode=755,nosuid,nodev,noexec cgroup /sys/fs/cgroup 2>/dev/null
+  for c in devices freezer pids cpu,cpuacct cpuset blkio perf_event hugetlb rdma misc; do
+    mkdir -p "/sys/fs/cgroup/$c"
+    mount -t cgroup -o "$c" "cgroup-$c" "/sys/fs/cgroup/$c" 2>/dev/null || rmdir "/sys/fs/cgroup/$c"
+  done
+  mkdir -p /sys/fs/cgroup/unified
+  mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified 2>/dev/null || rmdir /sys/fs/cgroup/unified
+fi
 ln -sf /proc/self/fd /dev/fd 2>/dev/null
 
 ip link set lo up || say "ip link set lo up failed"

@@ -29,6 +29,7 @@ import { promisify } from 'node:util';
 import { startRegistry, seedImage, TestRegistry, SeededImage } from './helpers/registry';
 import { startContainerd, startSnapshotter, killLeftovers, mountsUnder, unmountUnder, waitFor, PrivateContainerd, SnapshotterProcess, } from './helpers/containerd';
 import { CLI } from './helpers/mount';
+import { BINS, rootfsPaths } from './helpers/nydus-image';
 import { makeTmpDir, removeTmpDir } from './helpers/tmp';
 import { convert, ConvertSummary } from '../src/oci/convert';
 import { openSink, openSource } from '../src/oci/open';
@@ -40,8 +41,6 @@ import { loadSnapshotsProto, WireMount } from '../src/containerd/proto';
 const execFileP = promisify(execFile);
 const say = (msg: string): void => void process.stderr.write(`containerd-nydus [${process.uptime().toFixed(1)} s]: ${msg}\n`);
 
-const BINS = ['dash', 'sh', 'cat', 'ls', 'wc', 'sleep', 'touch', 'rm'];
-
 let work: string, root: string, sock: string, daemonSock: string;
 let reg: TestRegistry | undefined, basicReg: TestRegistry | undefined;
 let snap: SnapshotterProcess | undefined, snap2: SnapshotterProcess | undefined;
@@ -50,22 +49,6 @@ let ctd: PrivateContainerd | undefined;
 let seeded: SeededImage;
 let converted: ConvertSummary;
 let nydusRef: string;
-
-/** The rootfs slice: merged-/usr symlinks, a few binaries, their libraries (symlinks and files), os-release. */
-function rootfsPaths(): string[] {
-  const out = new Set<string>(['/bin', '/lib', '/lib64', '/usr/lib/os-release', '/etc/os-release', '/usr/share/zoneinfo/Europe']);
-  for (const b of BINS) {
-    out.add(`/usr/bin/${b}`);
-    const real = fs.realpathSync(`/usr/bin/${b}`);
-    out.add(real);
-    for (const m of execFileSync('ldd', [real], { encoding: 'utf8' }).matchAll(/(\/\S+) \(0x/g)) {
-      const lib = m[1].replace(/^\/(lib|lib64)\//, '/usr/$1/');
-      out.add(lib);
-      out.add(fs.realpathSync(lib));
-    }
-  }
-  return [...out].sort();
-}
 
 async function ctrK8s(args: string[], timeoutMs = 120_000): Promise<string> {
   const r = await ctd!.ctrResult(args, timeoutMs);

@@ -123,8 +123,11 @@ export interface SnapshotterProcess {
   stop(signal?: NodeJS.Signals): Promise<number | string>;
 }
 
-/** Start `nydus-ts snapshotter` and wait until its socket accepts connections. */
-export async function startSnapshotter(root: string, sock: string, extra: string[] = []): Promise<SnapshotterProcess> {
+/**
+ * Start `nydus-ts snapshotter` and wait until its socket accepts connections (up to
+ * `startTimeoutMs`: a node start takes tens of seconds in the TCG test VM).
+ */
+export async function startSnapshotter(root: string, sock: string, extra: string[] = [], startTimeoutMs = 15_000): Promise<SnapshotterProcess> {
   const logFile = path.join(path.dirname(root), `snapshotter-${path.basename(sock)}.log`);
   const out = fs.openSync(logFile, 'a');
   const child = spawn(process.execPath, [CLI, 'snapshotter', '--root', root, '--address', sock, '--log-level', 'debug', ...extra], { stdio: ['ignore', out, out] });
@@ -140,7 +143,7 @@ export async function startSnapshotter(root: string, sock: string, extra: string
   await waitFor(`the snapshotter on ${sock}`, async () => {
     if (gone) throw new Error(`it exited:\n${log()}`);
     return (await socketAccepts(sock)) && /serving containerd snapshots/.test(log().split('\n').slice(-5).join('\n'));
-  });
+  }, startTimeoutMs);
   return {
     root, sock, logFile, pid: child.pid!, log,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
@@ -178,7 +181,7 @@ export interface PrivateContainerd {
   stop(): Promise<void>;
 }
 
-export async function startContainerd(dir: string, snapshotterSock: string, snapshotterName = 'nydus-ts', opts: { namespace?: string } = {}): Promise<PrivateContainerd> {
+export async function startContainerd(dir: string, snapshotterSock: string, snapshotterName = 'nydus-ts', opts: { namespace?: string; startTimeoutMs?: number } = {}): Promise<PrivateContainerd> {
   for (const [cmd, pkg] of [['containerd', 'containerd'], ['ctr', 'containerd'], ['runc', 'runc'], ['containerd-shim-runc-v2', 'containerd']]) requireCommand(cmd, pkg);
   const root = path.join(dir, 'root');
   const state = path.join(dir, 'state');
@@ -255,7 +258,7 @@ export async function startContainerd(dir: string, snapshotterSock: string, snap
   await waitFor(`containerd on ${sock}`, async () => {
     if (exitCode !== undefined) throw new Error(`containerd exited (${exitCode}):\n${log().split('\n').slice(-20).join('\n')}`);
     return (await socketAccepts(sock)) && (await ctrResult(['version'], 5000)).code === 0;
-  }, 30_000);
+  }, opts.startTimeoutMs ?? 30_000);
 
   const stop = async (): Promise<void> => {
     if (exitCode === undefined) {
