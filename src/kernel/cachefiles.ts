@@ -26,6 +26,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { NydusError } from '../errors';
 import { BlobSession, KernelFrontend, ObjectLookup, ObjectResolver } from '../daemon/interfaces';
 import { AnonFdWriter, AlignedBufferPool } from './cache-writer';
+import { fsTypeOf } from './fanotify-group';
 import { errnoName, ioctl, pipe2, poll, setCloexec, O_CLOEXEC, O_NONBLOCK, POLLIN, POLLNVAL, POLLERR, POLLHUP } from '../sys/native';
 
 // ------------------------------------------------------------------------------ protocol
@@ -148,12 +149,7 @@ function kernelError(what: string, e: unknown, hint: string, ctx: Record<string,
 
 function fsTypeName(dir: string): string {
   try {
-    const t = fs.statfsSync(dir).type;
-    const names: Record<number, string> = {
-      0x01021994: 'tmpfs', 0x01021997: '9p', 0x6969: 'nfs', 0x794c7630: 'overlayfs', 0x858458f6: 'ramfs',
-      0xef53: 'ext4', 0x58465342: 'xfs', 0x9123683e: 'btrfs', 0xe0f5e1e2: 'erofs', 0x65735546: 'fuse',
-    };
-    return names[t] ?? `filesystem type 0x${t.toString(16)}`;
+    return fsTypeOf(dir);
   } catch {
     return 'an unknown filesystem';
   }

@@ -19,7 +19,7 @@ import { NydusError } from '../errors';
 import {
   errnoName, fanotifyInit, fanotifyMark, getNofileLimit, mountSync, setNofileLimit, umountSync, writeRaw,
   FAN_CLASS_PRE_CONTENT, FAN_CLOEXEC, FAN_MARK_ADD, FAN_MARK_MOUNT, FAN_NONBLOCK, FAN_PRE_ACCESS, FAN_UNLIMITED_MARKS,
-  FAN_UNLIMITED_QUEUE, MS_BIND, MS_PRIVATE, MNT_DETACH, O_CLOEXEC,
+  FAN_UNLIMITED_QUEUE, MS_BIND, MS_PRIVATE, O_CLOEXEC,
 } from '../sys/native';
 
 // ------------------------------------------------------------------------------ records (§3)
@@ -266,13 +266,4 @@ export function openFanotifyCache(cacheDir: string): FanotifyCache {
       }
     },
   };
-}
-
-/** Lazy-detach helper for tests and cleanup scripts: never used on a live cache. */
-export function detachHsm(layout: FanotifyCacheLayout): void {
-  try {
-    umountSync(layout.hsm, MNT_DETACH);
-  } catch {
-    /* not mounted */
-  }
 }
