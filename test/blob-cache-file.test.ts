@@ -116,3 +116,31 @@ test('holes win over the map: punched at rest, and punched or truncated while op
   assert.ok(!f.covers(40 * PAGE, SIZE) && f.covers(10 * PAGE, 20 * PAGE));
   await f.close();
 });
+
+test('evict clears bits first, then punches after the grace period, never under a write in flight', async () => {
+  const d = dirs();
+  const f = open(d);
+  const data = crypto.randomBytes(SIZE);
+  await f.write(0, data);
+  assert.ok(f.complete);
+  const before = f.diskBytes();
+  // evict pages 8..24; a write of pages 16..17 starts during the grace period and must survive
+  const evicting = f.evict(8 * PAGE + 1, 24 * PAGE, 50);
+  assert.ok(!f.covers(8 * PAGE, 9 * PAGE), 'bits are cleared before the grace period');
+  const rewrite = f.write(16 * PAGE, data.subarray(16 * PAGE, 18 * PAGE));
+  assert.equal(await evicting, 16 * PAGE);
+  await rewrite;
+  assert.ok(f.covers(16 * PAGE, 18 * PAGE));
+  assert.ok(!f.covers(8 * PAGE, 16 * PAGE) && !f.covers(18 * PAGE, 24 * PAGE));
+  assert.ok(f.covers(0, 8 * PAGE) && f.covers(24 * PAGE, SIZE));
+  assert.ok(f.diskBytes() <= before - 14 * PAGE, `${f.diskBytes()} of ${before} bytes still allocated`);
+  const now = fs.readFileSync(f.path);
+  assert.ok(now.subarray(8 * PAGE, 16 * PAGE).equals(Buffer.alloc(8 * PAGE)), 'evicted pages are holes');
+  assert.ok(now.subarray(16 * PAGE, 18 * PAGE).equals(data.subarray(16 * PAGE, 18 * PAGE)), 'the rewritten pages keep their bytes');
+  assert.ok(now.subarray(0, 8 * PAGE).equals(data.subarray(0, 8 * PAGE)));
+  await f.close();
+  // the persisted map agrees after a reopen
+  const g = open(d);
+  assert.ok(!g.covers(8 * PAGE, 9 * PAGE) && g.covers(0, 8 * PAGE) && g.covers(16 * PAGE, 18 * PAGE));
+  await g.close();
+});

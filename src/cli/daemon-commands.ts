@@ -12,6 +12,7 @@ import { promisify } from 'node:util';
 import { NydusError } from '../errors';
 import { DEFAULT_IMAGE_WORK_DIR } from '../oci/defaults';
 import { human, emitJson } from './progress';
+import { mountPoints } from '../sys/mount-table';
 // The daemon (../daemon/*) and `mount --image` (../oci/image-mount) load inside the actions that
 // use them, so that `mount`, `umount`, `status` and `--help` start without them.
 
@@ -112,8 +113,7 @@ function readMounts(): Record<string, MountRecord> {
 /** Mount points in /proc/self/mounts (octal escapes decoded). */
 function mountedPaths(): Set<string> {
   try {
-    const text = fs.readFileSync('/proc/self/mounts', 'utf8');
-    return new Set(text.split('\n').filter(Boolean).map((l) => l.split(' ')[1].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))));
+    return new Set(mountPoints().keys());
   } catch {
     return new Set();
   }

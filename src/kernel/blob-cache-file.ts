@@ -25,7 +25,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CacheWriter } from '../daemon/interfaces';
 import { NydusError } from '../errors';
-import { lgetxattr, lsetxattr, lseek, O_CLOEXEC, SEEK_DATA, SEEK_HOLE } from '../sys/native';
+import { lgetxattr, lsetxattr, lseek, punchHole, O_CLOEXEC, SEEK_DATA, SEEK_HOLE } from '../sys/native';
 
 export const PAGE = 4096;
 const MAGIC = Buffer.from('NYTSPRS1');
@@ -33,6 +33,12 @@ const HEADER = 56;
 const GEN_XATTR = 'user.nydus-ts.generation';
 /** how long written bits may stay unpersisted (a crash costs at most this much refetching) */
 const FLUSH_DELAY_MS = 1000;
+/**
+ * How long evict() waits between clearing presence bits and punching the pages: a read the event
+ * thread allowed just before the bits were cleared is still reading the file then, and must find
+ * the bytes, not a fresh hole.
+ */
+export const EVICT_GRACE_MS = 1000;
 
 export type CacheFileLog = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, ctx?: Record<string, unknown>) => void;
 
@@ -77,6 +83,8 @@ export class BlobCacheFile implements CacheWriter {
   private flushTimer?: NodeJS.Timeout;
   private flushing: Promise<void> = Promise.resolve();
   private closed = false;
+  /** byte ranges being written: evict() never punches under a pwrite in flight */
+  private readonly writing = new Set<[number, number]>();
   /** called once when the last page becomes present */
   onComplete?: () => void;
   /** why the cache was discarded at open (replaced, resized, …); undefined if it was trusted */
@@ -249,12 +257,61 @@ export class BlobCacheFile implements CacheWriter {
     return dropped;
   }
 
+  /**
+   * Give up [a, b) (widened to whole pages, clamped to the blob): its bits are cleared first, so
+   * no new read is allowed from it, persisted, and after `graceMs` (see EVICT_GRACE_MS) the pages
+   * are punched out, so the space is freed and a later read refetches. The caller tells the blob
+   * session (`forget`), which then no longer takes those chunks as ready. Returns the bytes whose
+   * bits were cleared.
+   */
+  async evict(a: number, b: number, graceMs = EVICT_GRACE_MS): Promise<number> {
+    if (this.closed) return 0;
+    const first = Math.floor(a / PAGE);
+    const end = Math.min(Math.ceil(Math.min(b, this.size) / PAGE), this.pages);
+    if (end <= first) return 0;
+    const cleared = this.clearPages(first, end);
+    if (cleared) await this.flush();
+    if (graceMs > 0) await new Promise((r) => setTimeout(r, graceMs));
+    if (this.closed) return cleared * PAGE;
+    // only pages still clear: one written again meanwhile holds good bytes now
+    let p = first;
+    while (p < end) {
+      while (p < end && this.has(p)) p++;
+      const start = p;
+      while (p < end && !this.has(p)) p++;
+      if (p > start) this.punchOutsideWrites(start * PAGE, Math.min(p * PAGE, this.size));
+    }
+    return cleared * PAGE;
+  }
+
+  private punchOutsideWrites(a: number, b: number): void {
+    const busy = [...this.writing].filter(([s, e]) => s < b && e > a).sort((x, y) => x[0] - y[0]);
+    let pos = a;
+    for (const [s, e] of busy) {
+      const stop = Math.max(pos, Math.floor(s / PAGE) * PAGE);
+      if (stop > pos) punchHole(this.fd, pos, stop - pos, this.path);
+      pos = Math.max(pos, Math.ceil(e / PAGE) * PAGE);
+    }
+    if (b > pos) punchHole(this.fd, pos, b - pos, this.path);
+  }
+
+  /** Bytes the file occupies on disk (st_blocks × 512). */
+  diskBytes(): number {
+    return fs.fstatSync(this.fd).blocks * 512;
+  }
+
   /** CacheWriter: write verified bytes at `offset` (clamped to the blob), then mark their pages. */
   async write(offset: number, data: Buffer): Promise<void> {
     if (this.closed) throw new NydusError('ERR_DAEMON', `cache file ${this.path} is closed`);
     const len = Math.min(data.length, this.size - offset);
     if (len <= 0) return;
-    await pwriteAll(this.fd, len === data.length ? data : data.subarray(0, len), offset);
+    const w: [number, number] = [offset, offset + len];
+    this.writing.add(w);
+    try {
+      await pwriteAll(this.fd, len === data.length ? data : data.subarray(0, len), offset);
+    } finally {
+      this.writing.delete(w);
+    }
     // whole pages only, and the last (partial) page of the blob when the write reaches the end
     const first = Math.ceil(offset / PAGE);
     const end = offset + len >= this.size ? this.pages : Math.floor((offset + len) / PAGE);

@@ -27,7 +27,7 @@ import { NydusError } from '../errors';
 import { BlobSession, KernelFrontend, ObjectLookup, ObjectResolver } from '../daemon/interfaces';
 import { AnonFdWriter, AlignedBufferPool } from './cache-writer';
 import { fsTypeOf } from './fanotify-group';
-import { errnoName, ioctl, pipe2, poll, setCloexec, O_CLOEXEC, O_NONBLOCK, POLLIN, POLLNVAL, POLLERR, POLLHUP } from '../sys/native';
+import { errnoName, errnoOf, ioctl, pipe2, poll, setCloexec, O_CLOEXEC, O_NONBLOCK, POLLIN, POLLNVAL, POLLERR, POLLHUP } from '../sys/native';
 
 // ------------------------------------------------------------------------------ protocol
 
@@ -117,11 +117,6 @@ export interface CachefilesOpenOptions {
   tag?: string;
   /** default /dev/cachefiles */
   device?: string;
-}
-
-function errnoOf(e: unknown): number {
-  const n = (e as NodeJS.ErrnoException).errno;
-  return typeof n === 'number' ? Math.abs(n) : 0;
 }
 
 /** Write one text command to the device: exactly one write(2), the whole string. */

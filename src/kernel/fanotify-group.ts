@@ -15,11 +15,13 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { mountPoints } from '../sys/mount-table';
 import { NydusError } from '../errors';
 import {
   errnoName, fanotifyInit, fanotifyMark, getNofileLimit, mountSync, setNofileLimit, umountSync, writeRaw,
   FAN_CLASS_PRE_CONTENT, FAN_CLOEXEC, FAN_MARK_ADD, FAN_MARK_MOUNT, FAN_NONBLOCK, FAN_PRE_ACCESS, FAN_UNLIMITED_MARKS,
   FAN_UNLIMITED_QUEUE, MS_BIND, MS_PRIVATE, O_CLOEXEC,
+  errnoOf,
 } from '../sys/native';
 
 // ------------------------------------------------------------------------------ records (§3)
@@ -150,21 +152,6 @@ export function cacheLayout(dir: string): FanotifyCacheLayout {
 }
 
 /** Mount points in this namespace (from /proc/self/mountinfo, octal escapes decoded). */
-export function mountPoints(): Map<string, { fstype: string; source: string; root: string }> {
-  const out = new Map<string, { fstype: string; source: string; root: string }>();
-  const un = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    if (!line) continue;
-    const [pre, post] = line.split(' - ');
-    const f = pre.split(' ');
-    const g = (post ?? '').split(' ');
-    out.set(un(f[4]), { fstype: g[0], source: un(g[1] ?? ''), root: un(f[3]) });
-  }
-  return out;
-}
-
-const errnoOf = (e: unknown): number => Math.abs(((e as NydusError).context?.errno as number) ?? (e as NodeJS.ErrnoException).errno ?? 0);
-
 function kernelLacks(what: string, e: unknown, ctx: Record<string, unknown> = {}): NydusError {
   return new NydusError('ERR_KERNEL', what, { ...ctx, errno: errnoOf(e) }, { cause: e });
 }

@@ -25,16 +25,18 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { NydusError } from '../errors';
+import { mountPoints } from '../sys/mount-table';
 import type { BlobSession, FrontendMount, ImageSource, KernelFrontend, RegisteredImage } from '../daemon/interfaces';
 import { LatencyHistogram } from '../daemon/blob-session';
 import { BlobCacheFile, CacheFileLog, PAGE } from './blob-cache-file';
 import {
-  FanotifyCacheLayout, cacheLayout, denyStaleEvents, mountPoints, respond, EVENT_FD_LIMIT, FAN_ALLOW, FAN_CLOSE_WRITE, FAN_DENY, FAN_MODIFY,
+  FanotifyCacheLayout, cacheLayout, denyStaleEvents, respond, EVENT_FD_LIMIT, FAN_ALLOW, FAN_CLOSE_WRITE, FAN_DENY, FAN_MODIFY,
 } from './fanotify-group';
 import { FromReader, ReaderInit, SlowEvent, ToReader, READER_ROLE, now } from './fanotify-reader';
 import {
   errnoName, fanotifyMark, newMount, pipe2, umountSync, FAN_MARK_ADD, FAN_MARK_IGNORE, FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_REMOVE,
   FAN_PRE_ACCESS, FSCONFIG_MAX_STRING, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, O_CLOEXEC, O_NONBLOCK,
+  errnoOf,
 } from '../sys/native';
 
 // ------------------------------------------------------------------------------ front end
@@ -112,8 +114,6 @@ export interface FanotifyStats {
 }
 
 const errMsg = (e: unknown): string => (e instanceof Error ? e.message : String(e));
-const errnoOf = (e: unknown): number => Math.abs(((e as NydusError).context?.errno as number) ?? (e as NodeJS.ErrnoException).errno ?? 0);
-
 export class FanotifyFrontend implements KernelFrontend {
   readonly kind = 'fanotify';
   private readonly layout: FanotifyCacheLayout;

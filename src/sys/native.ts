@@ -53,6 +53,13 @@ function fn(proto: string): NativeFn {
   return f;
 }
 
+/** The errno of a failed call: a sysError's context.errno or a Node fs error's errno (0 if none). */
+export function errnoOf(e: unknown): number {
+  const ctx = (e as NydusError | undefined)?.context?.errno;
+  const n = typeof ctx === 'number' ? ctx : (e as NodeJS.ErrnoException | undefined)?.errno;
+  return typeof n === 'number' ? Math.abs(n) : 0;
+}
+
 /** The thread's errno: read it right after the failing call, before other native work. */
 function lastErrno(): number {
   return koffi().errno();
@@ -310,6 +317,24 @@ export function lseek(fd: number, offset: number, whence: number, what: RawPath 
     throw sysError('lseek', what, e, { detail: `offset ${offset} whence ${whence}`, fd, offset, whence });
   }
   return r;
+}
+
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+
+/**
+ * fallocate(2) on an open fd; `punchHole` frees [offset, offset+length) (the size is kept), so
+ * the range reads as zeros and SEEK_HOLE reports it. `what` names the file in errors.
+ */
+export function fallocate(fd: number, mode: number, offset: number, length: number, what: RawPath = `fd ${fd}`): void {
+  const f = fn('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+  if ((f(fd, mode, offset, length) as number) < 0) {
+    throw sysError('fallocate', what, lastErrno(), { detail: `mode ${mode} offset ${offset} length ${length}`, fd, offset, length });
+  }
+}
+
+export function punchHole(fd: number, offset: number, length: number, what: RawPath = `fd ${fd}`): void {
+  fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length, what);
 }
 
 // ---------------------------------------------------------------------------------------------
