@@ -13,6 +13,7 @@ import { Progress, human, emitJson } from './progress';
 import { addDaemonCommands } from './daemon-commands';
 import { addOciCommands } from './oci-commands';
 import { addSnapshotterCommands } from './snapshotter-commands';
+import { addCacheCommands } from './cache-commands';
 
 // Start-up loads only commander and the light modules above: each command's implementation is
 // imported inside its action (`await import(…)`, a lazy require), so `--version`, `--help` and
@@ -217,6 +218,9 @@ export function buildProgram(): Command {
   addDaemonCommands(program);
   addOciCommands(program);
   addSnapshotterCommands(program);
+  // `cache usage|gc` (cache-commands.ts); further `cache` subcommands attach to this group
+  const cache = addCacheCommands(program);
+  void cache;
   return program;
 }
 

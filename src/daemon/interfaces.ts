@@ -139,6 +139,68 @@ export interface KernelFrontend {
   mounts?(): FrontendMount[];
   /** Drop a blob's cached data that no image uses. */
   cull?(blobId: string): Promise<unknown>;
+  /** the cache dir's objects, for usage, GC and culling (src/daemon/cache-manager.ts) */
+  readonly cache?: FrontendCache;
   /** Stop serving; with mounts the daemon made, they are unmounted first (busy → error). */
   stop(): Promise<void>;
+}
+
+/** One object with data in the cache dir: a blob's cache file (fscache: also a bootstrap's). */
+export interface CachedObject {
+  /** blob id (fscache: the cookie, a blob id or an image's fsid) */
+  id: string;
+  /** fscache: the volume (domain or fsid) holding the object; fanotify: undefined (one file per blob) */
+  volume?: string;
+  path: string;
+  /** apparent size (the blob's uncompressed size) */
+  size: number;
+  /** st_blocks × 512 */
+  diskBytes: number;
+  /** bytes that hold data (presence map, or SEEK_DATA) */
+  presentBytes: number;
+  /** last read served from it (ms since the epoch; 0 = unknown) */
+  lastAccess: number;
+  /** open for a mount: never removed, only cold ranges may be evicted */
+  inUse: boolean;
+  /** the data ranges [start, end) */
+  presentRanges(): Array<[number, number]>;
+}
+
+/** What a front end's cache can do for the cache manager (usage, GC, culling under pressure). */
+export interface FrontendCache {
+  /** every object with data in the cache dir, open or not */
+  objects(): CachedObject[];
+  /** Remove an object that is not in use; resolves with the bytes freed (throws if it is in use). */
+  remove(obj: CachedObject): Promise<number>;
+  /**
+   * Evict the least recently read ranges of objects in use, about `bytes` in all, so that a
+   * later read fetches them again (fanotify only: see README "Culling").
+   */
+  evictCold?(bytes: number): Promise<Array<{ id: string; bytes: number; ranges: number }>>;
+  /** the daemon's handler of a full cache (make room, the kernel's culling signal) */
+  setPressureHandler(h: CachePressureHandler): void;
+}
+
+export interface CachePressureHandler {
+  /**
+   * A cache write failed with ENOSPC/EDQUOT (fscache: ENOBUFS): free about `bytes`, sparing
+   * `keep` (the object being written); resolves with the bytes freed (0: nothing could be).
+   */
+  makeRoom(bytes: number, keep: string): Promise<number>;
+  /** the kernel asks for culling (cachefiles POLLOUT) */
+  cullingNeeded(): void;
+}
+
+/** One blob's cache file as scrub sees it (a front end builds it: scrubTargets). */
+export interface ScrubTarget {
+  blobId: string;
+  /** the file read for verification (never a path that raises kernel events) */
+  path: string;
+  /** holds the chunk index, the digests, and forgets evicted chunks */
+  session: BlobSession;
+  /** Does the cache hold every byte of [a, b)? Only such chunks are verified. */
+  present(a: number, b: number): boolean;
+  /** Drop [a, b) (bad bytes) so the next read fetches it again from the backend. */
+  evict(a: number, b: number): Promise<void>;
+  release(): Promise<void>;
 }

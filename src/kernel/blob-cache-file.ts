@@ -172,6 +172,28 @@ export class BlobCacheFile implements CacheWriter {
     }
   }
 
+  /**
+   * Read a presence map without the blob's size (cache usage with no daemon): the bits as the map
+   * says, or undefined if the map is missing or damaged. Not a proof the file holds the data.
+   */
+  static peekMap(file: string): { size: number; pages: number; bits: Uint8Array } | undefined {
+    let size: number;
+    try {
+      const head = Buffer.alloc(HEADER);
+      const fd = fs.openSync(file, 'r');
+      try {
+        if (fs.readSync(fd, head, 0, HEADER, 0) !== HEADER) return undefined;
+      } finally {
+        fs.closeSync(fd);
+      }
+      size = Number(head.readBigUInt64LE(16));
+    } catch {
+      return undefined;
+    }
+    const m = BlobCacheFile.readMap(file, size);
+    return m.ok ? { size, pages: Math.ceil(size / PAGE), bits: m.bits } : undefined;
+  }
+
   private static readMap(file: string, size: number): { ok: true; ino: bigint; generation: Buffer; bits: Uint8Array } | { ok: false; why: string } {
     let data: Buffer;
     try {
