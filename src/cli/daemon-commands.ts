@@ -195,6 +195,27 @@ export async function mountRegistered(req: MountRegisteredRequest): Promise<Moun
   return { mountpoint: mnt, frontend, daemonStarted: started, timingsMs: { daemon: Math.round(t1 - t0), register: Math.round(t2 - t1), mount: Math.round(t3 - t2) } };
 }
 
+function positiveInt(flag: string, v: string, zeroOk = false): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || (n === 0 && !zeroOk)) {
+    throw new NydusError('ERR_INVALID_ARGUMENT', `${flag} ${JSON.stringify(v)}: expected ${zeroOk ? 'a non-negative' : 'a positive'} integer`);
+  }
+  return n;
+}
+
+/** `mount --prefetch…` as the registration's prefetch settings (nydusd's defaults where not given). */
+function prefetchFlags(o: { prefetch?: boolean; prefetchAll?: boolean; prefetchThreads?: number; prefetchMergeSize?: number; prefetchBandwidth?: number }): {
+  enable: boolean; all: boolean; threads: number; mergingSize: number; bandwidthRate: number;
+} {
+  const enable = o.prefetch === true || o.prefetchAll === true;
+  if (!enable && (o.prefetchThreads !== undefined || o.prefetchMergeSize !== undefined || o.prefetchBandwidth !== undefined)) {
+    throw new NydusError('ERR_INVALID_ARGUMENT', '--prefetch-threads, --prefetch-merge-size and --prefetch-bandwidth need --prefetch or --prefetch-all');
+  }
+  if ((o.prefetchThreads ?? 8) > 1024) throw new NydusError('ERR_INVALID_ARGUMENT', `--prefetch-threads ${o.prefetchThreads}: at most 1024`);
+  if ((o.prefetchMergeSize ?? 0) > 256 << 20) throw new NydusError('ERR_INVALID_ARGUMENT', `--prefetch-merge-size ${o.prefetchMergeSize}: at most ${256 << 20}`);
+  return { enable, all: o.prefetchAll === true, threads: o.prefetchThreads ?? 8, mergingSize: o.prefetchMergeSize ?? 1 << 20, bandwidthRate: o.prefetchBandwidth ?? 0 };
+}
+
 export function addDaemonCommands(program: Command): void {
   const d = program
     .command('daemon')
@@ -305,9 +326,15 @@ export function addDaemonCommands(program: Command): void {
     .option('--cache-dir <dir>', 'cache directory for a daemon started by this command (on ext4, xfs or btrfs)', DEFAULT_FSCACHE)
     .addOption(new Option('-F, --fscache <dir>', 'alias of --cache-dir').hideHelp())
     .option('-J, --output-json <file>', "write what was mounted as JSON ('-' = stdout)")
+    .option('--prefetch', "after the mount, fetch the files of the image's prefetch table in the background (reads always go first; nydusd prefetch_config.enable, default off)")
+    .option('--prefetch-all', 'prefetch the listed files, then the whole blob(s) (implies --prefetch)')
+    .option('--prefetch-threads <n>', 'concurrent prefetch requests (default 8)', (v) => positiveInt('--prefetch-threads', v))
+    .option('--prefetch-merge-size <bytes>', 'the largest merged prefetch request (default 1048576)', (v) => positiveInt('--prefetch-merge-size', v))
+    .option('--prefetch-bandwidth <bytes/s>', 'prefetch bandwidth limit (default 0 = unlimited)', (v) => positiveInt('--prefetch-bandwidth', v, true))
     .argument('<mountpoint>')
     .action(async (mnt: string, o) => {
       const t0 = performance.now();
+      const prefetch = prefetchFlags(o);
       const local = o.bootstrap !== undefined || o.blobDir !== undefined;
       if (o.image !== undefined && local) {
         throw new NydusError('ERR_INVALID_ARGUMENT', '--image and --bootstrap/--blob-dir are mutually exclusive: mount either a registry image (--image REF) or local files (--bootstrap FILE --blob-dir DIR)');
@@ -332,7 +359,11 @@ export function addDaemonCommands(program: Command): void {
             type: 'bootstrap', id: fsid, domain_id: domainId,
             config_v2: {
               version: 2, id: fsid, backend: { type: 'localfs', localfs: { dir: blobDir } },
-              cache: { type: 'fscache', fscache: { work_dir: workDir } }, metadata_path: bootstrap,
+              cache: {
+                type: 'fscache', fscache: { work_dir: workDir },
+                prefetch: { enable: prefetch.enable, threads: prefetch.threads, batch_size: prefetch.mergingSize, bandwidth_limit: prefetch.bandwidthRate, prefetch_all: prefetch.all },
+              },
+              metadata_path: bootstrap,
             },
           }),
         });
@@ -350,7 +381,7 @@ export function addDaemonCommands(program: Command): void {
       const r = await mountRegistered({
         mountpoint: mnt, sock, fscache, fsid, domainId,
         record: { bootstrap: img.bootstrap.path, image: img.reference, manifestDigest: img.manifestDigest },
-        registration: (workDir) => buildRegistration({ fsid, domainId, workDir, bootstrapPath: img.bootstrap.path, backend: img.backend, format: o.registration }),
+        registration: (workDir) => buildRegistration({ fsid, domainId, workDir, bootstrapPath: img.bootstrap.path, backend: img.backend, format: o.registration, prefetch }),
       });
       const totalMs = Math.round(performance.now() - t0);
       const report = {
@@ -423,6 +454,11 @@ export function addDaemonCommands(program: Command): void {
         for (const i of metrics.images ?? []) process.stdout.write(`image ${i.id}${i.domain_id ? ` (domain ${i.domain_id})` : ''}: ${i.bootstrap}, ${i.blobs.length} blobs\n`);
         for (const b of metrics.blobs ?? []) {
           let line = `blob ${b.blob_id}: ${b.chunks_ready}/${b.chunk_count} chunks cached, ${human(b.backend_bytes)} fetched, ${b.reads} fills`;
+          const pf = b.prefetch;
+          if (pf && pf.jobs > 0) {
+            line += `; prefetch ${pf.state}: ${pf.chunks} chunks (${human(pf.bytes)}) in ${pf.requests} requests, ${pf.pending_chunks} pending` +
+              `${pf.failed_requests ? `, ${pf.failed_requests} failed` : ''}; reads queued behind prefetch: ${b.ondemand_waits_behind_prefetch ?? 0}`;
+          }
           if (b.events !== undefined) {
             line += `; ${b.events} events (${b.fast_path} fast, ${b.slow_path} filled, ${b.denials} denied), event p50 ${b.event_latency.p50_ms.toFixed(3)} ms p99 ${b.event_latency.p99_ms.toFixed(3)} ms${b.done ? ', complete: no more events' : ''}`;
           }

@@ -18,11 +18,15 @@ export function addSnapshotterCommands(program: Command): void {
     .option('--address <sock>', 'unix socket containerd dials (proxy_plugins address)', DEFAULT_SNAPSHOTTER_ADDRESS)
     .option('--daemon-apisock <sock>', 'API socket of the nydus-ts daemon that serves nydus images lazily (default: start our own daemon, --frontend auto, cache under --root, on the first nydus image)')
     .option('--insecure-registry <host[:port]>', 'a registry reached over plain HTTP (repeatable; loopback registries always are)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--prefetch', "nydus images: after mounting one, fetch the files of its prefetch table in the background (reads go first; default off, as nydusd)")
+    .option('--prefetch-all', 'nydus images: prefetch the listed files, then the whole blobs (implies --prefetch)')
     .option('-l, --log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(async (o) => {
       const { runSnapshotter } = await import('../containerd/service');
       const daemonApiSock = o.daemonApisock === undefined ? undefined : path.resolve(o.daemonApisock);
-      await runSnapshotter({ root: o.root, address: o.address, daemonApiSock, insecureRegistries: o.insecureRegistry, logLevel: o.logLevel });
+      await runSnapshotter({ root: o.root, address: o.address, daemonApiSock, insecureRegistries: o.insecureRegistry, logLevel: o.logLevel,
+        prefetch: { enable: o.prefetch === true || o.prefetchAll === true, all: o.prefetchAll === true },
+      });
       await new Promise(() => undefined); // serves until a signal
     });
 

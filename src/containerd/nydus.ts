@@ -52,6 +52,8 @@ export interface NydusHooksOptions {
   daemonApiSock?: string;
   /** registries (HOST[:PORT]) spoken to over plain HTTP besides loopback ones */
   insecureRegistries?: string[];
+  /** background prefetch of each image mounted (the registration's prefetch_config; default off) */
+  prefetch?: import('../oci/image-mount').RegistrationPrefetch;
   log: (level: 'debug' | 'info' | 'warn', msg: string, ctx?: Record<string, unknown>) => void;
 }
 
@@ -280,7 +282,7 @@ export class NydusHooks implements SnapshotHooks {
     // a registration left by a crash between register and mount would make PUT fail: drop it first
     const unregister = (): Promise<unknown> => apiRequest(sock, 'DELETE', `/api/v2/blobs?domain_id=${fsid}&blob_id=${fsid}`).catch(() => undefined);
     await unregister();
-    await api('PUT', '/api/v2/blobs', buildRegistration({ fsid, workDir, bootstrapPath: bootstrapFile, backend }));
+    await api('PUT', '/api/v2/blobs', buildRegistration({ fsid, workDir, bootstrapPath: bootstrapFile, backend, prefetch: this.o.prefetch }));
     const frontend: string = (await api('GET', '/api/v1/daemon')).frontend ?? 'fscache';
     try {
       if (frontend === 'fanotify') {

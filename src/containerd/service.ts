@@ -22,6 +22,8 @@ export interface RunSnapshotterOptions {
   daemonApiSock?: string;
   /** registries (HOST[:PORT]) reached over plain HTTP besides loopback ones */
   insecureRegistries?: string[];
+  /** background prefetch of each nydus image mounted (default off, as nydusd) */
+  prefetch?: import('../oci/image-mount').RegistrationPrefetch;
   logLevel?: string;
 }
 
@@ -123,7 +125,7 @@ export async function runSnapshotter(o: RunSnapshotterOptions): Promise<void> {
   let bound = false;
   try {
     // nydus images: remote data layers, bootstrap directories, lazy rootfs mounts (nydus.ts)
-    const hooks = new NydusHooks({ root, daemonApiSock: o.daemonApiSock, insecureRegistries: o.insecureRegistries, log });
+    const hooks = new NydusHooks({ root, daemonApiSock: o.daemonApiSock, insecureRegistries: o.insecureRegistries, prefetch: o.prefetch, log });
     const sn = Snapshotter.open({ root, log, hooks });
     hooks.bind(sn);
     await hooks.sweep();

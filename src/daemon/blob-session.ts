@@ -35,6 +35,8 @@ import { decompressChunk } from '../codec/compress';
 import { digest, digestReady } from '../codec/digest';
 import { alignedBuffer } from '../sys/native';
 import { BlobBackend, BlobMetrics, BlobSession, CacheWriter } from './interfaces';
+import { BackendGate } from './backend-gate';
+import { PrefetchCounters, PrefetchJob, PrefetchJobOptions, PrefetchTarget, newPrefetchCounters } from './prefetch';
 import { BadBlobError, DigestMismatchError, NydusError } from '../errors';
 import type { CompressorName, DigesterName } from '../format/constants';
 import zstdBinding = require('zstd-napi/binding');
@@ -64,6 +66,8 @@ export interface BlobSessionOptions {
    */
   metaCacheDir?: string;
   pool?: ChunkPool;
+  /** backend request slots shared with the other sessions on the same backend (prefetch yields to reads) */
+  gate?: BackendGate;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, ctx?: Record<string, unknown>) => void;
 }
 
@@ -145,6 +149,11 @@ export interface ChunkedBlobMetrics extends BlobMetrics {
   cache_writes: number;
   /** chunks fetched ahead by sequential readahead (beyond the amplified window) */
   readahead_chunks: number;
+  /** on-demand backend requests that queued for a slot, and those that queued behind prefetch (should be 0) */
+  ondemand_queued: number;
+  ondemand_waits_behind_prefetch: number;
+  /** background prefetch of this blob (prefetch.ts); `pending_chunks`: not yet fetched by running jobs */
+  prefetch: PrefetchCounters & { state: string; pending_chunks: number; shared_with_reads: number };
 }
 
 /**
@@ -281,7 +290,7 @@ interface Batch {
   members: number[];
 }
 
-export class ChunkedBlobSession implements BlobSession {
+export class ChunkedBlobSession implements BlobSession, PrefetchTarget {
   readonly blobId: string;
   readonly size: number;
   private chunks: BlobChunk[] | null = null;
@@ -290,7 +299,15 @@ export class ChunkedBlobSession implements BlobSession {
   /** requests waiting for each chunk */
   private wanted = new Uint16Array(0);
   private readonly inflight = new Map<number, Promise<void>>();
+  /** chunks in flight in a prefetch request (a reader that needs one shares it) */
+  private readonly prefetching = new Set<number>();
+  /** … and still waiting for the backend: close() does not wait for those (nothing is written after it) */
+  private readonly prefetchInBackend = new Set<number>();
   private closed = false;
+  readonly gate: BackendGate;
+  readonly prefetchCounters = newPrefetchCounters();
+  private readonly jobs = new Set<PrefetchJob>();
+  private readonly demandCounters = { ondemand_queued: 0, ondemand_waits_behind_prefetch: 0, prefetch_shared_with_reads: 0 };
   private readonly m: BlobMetrics;
   private readonly hist = new LatencyHistogram();
   private readonly extra = { backend_ms: 0, decode_ms: 0, write_ms: 0, inline_decodes: 0, pool_decodes: 0, cache_writes: 0, readahead_chunks: 0 };
@@ -316,6 +333,7 @@ export class ChunkedBlobSession implements BlobSession {
     this.readahead = this.amplify > 0 ? (opts.readahead ?? envNumber('NYDUS_TS_READAHEAD') ?? 2 << 20) : 0;
     this.maxMerge = opts.maxMergeBytes ?? 8 << 20;
     this.decodeMode = opts.decode ?? envDecode() ?? 'auto';
+    this.gate = opts.gate ?? new BackendGate();
     this.writeBatch = Math.max(alignUp(entry.chunkSize || PAGE), alignUp(opts.writeBatch ?? envNumber('NYDUS_TS_WRITE_BATCH') ?? 1 << 20));
     this.m = {
       blob_id: entry.blobId, backend_bytes: 0, backend_requests: 0, chunks_fetched: 0, chunks_verified: 0,
@@ -505,6 +523,7 @@ export class ChunkedBlobSession implements BlobSession {
         required.push(p);
         waiting.push(i);
         this.wanted[i]++;
+        if (this.prefetching.has(i)) this.demandCounters.prefetch_shared_with_reads++;
       } else required.push(Promise.reject(new NydusError('ERR_BACKEND', `blob ${this.blobId}: chunk ${i} is neither ready nor being fetched`)));
     }
     // The amplified window is part of the request (a small read brings its window in), so it
@@ -555,7 +574,7 @@ export class ChunkedBlobSession implements BlobSession {
    * Fetch adjacent chunks with one backend read, then decode, verify and write them in order,
    * settling each chunk's deferred as soon as its bytes are in the cache (or it failed).
    */
-  private async fetchRun(run: BlobChunk[], defs: Deferred[]): Promise<void> {
+  private async fetchRun(run: BlobChunk[], defs: Deferred[], prefetchSlot?: () => void): Promise<void> {
     const start = run[0].compressedOffset;
     const endOff = run[run.length - 1].compressedOffset + run[run.length - 1].compressedSize;
     let raw: Buffer;
@@ -563,19 +582,28 @@ export class ChunkedBlobSession implements BlobSession {
     const rawBuf = scratch.acquire(rawBufferSize(endOff - start));
     let compressor: CompressorName;
     let digester: DigesterName;
+    let release = prefetchSlot;
     try {
       ({ compressor, digester } = blobCodecs(this.entry));
+      if (!release) {
+        const slot = await this.gate.demand();
+        release = slot.release;
+        if (slot.queued) this.demandCounters.ondemand_queued++;
+        if (slot.waitedBehindPrefetch) this.demandCounters.ondemand_waits_behind_prefetch++;
+      }
       this.m.backend_requests++;
       const tb = performance.now();
       raw = await this.backend.readRange(this.blobId, start, endOff - start, rawBuf);
       this.extra.backend_ms += performance.now() - tb;
       this.m.backend_bytes += raw.length;
     } catch (e) {
+      release?.();
       scratch.release(rawBuf);
-      this.opts.log?.('error', `blob ${this.blobId}: backend read ${start}+${endOff - start} failed: ${(e as Error).message}`, { blobId: this.blobId });
+      if (!this.closed) this.opts.log?.('error', `blob ${this.blobId}: backend read ${start}+${endOff - start} failed: ${(e as Error).message}`, { blobId: this.blobId });
       for (const d of defs) d.reject(e as Error);
       return;
     }
+    release?.();
     try {
       await this.decodeRun(run, defs, raw, start, compressor, digester);
     } finally {
@@ -686,11 +714,99 @@ export class ChunkedBlobSession implements BlobSession {
   }
 
   metrics(): ChunkedBlobMetrics {
-    return { ...this.m, read_latency_hist: this.hist.toJSON(), ...this.extra };
+    const { prefetch_shared_with_reads, ...demand } = this.demandCounters;
+    let pending = 0;
+    let state = 'off';
+    for (const j of this.jobs) {
+      pending += j.remaining();
+      state = j.state;
+    }
+    return {
+      ...this.m, read_latency_hist: this.hist.toJSON(), ...this.extra, ...demand,
+      prefetch: { state, pending_chunks: pending, shared_with_reads: prefetch_shared_with_reads, ...this.prefetchCounters },
+    };
+  }
+
+  // ------------------------------------------------------------------ prefetch (prefetch.ts)
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  chunkIndex(): Promise<BlobChunk[]> {
+    return this.meta();
+  }
+
+  presentOrBusy(i: number): boolean {
+    return this.ready[i] === 1 || this.inflight.has(i);
+  }
+
+  /** Start a background prefetch job on this blob; it ends with the session at the latest. */
+  startPrefetch(o: PrefetchJobOptions): PrefetchJob {
+    if (this.closed) throw new NydusError('ERR_DAEMON', `blob ${this.blobId}: session closed`);
+    const job = new PrefetchJob(this, o);
+    // the newest job's state is the one reported; finished jobs leave the set
+    this.jobs.add(job);
+    void job.done.finally(() => {
+      if (this.jobs.size > 1) this.jobs.delete(job);
+    });
+    return job;
+  }
+
+  /**
+   * One prefetch request: `run` holds adjacent chunks that are neither present nor in flight.
+   * They go through the in-flight map like an on-demand fetch, so a reader that needs one of
+   * them waits for this request instead of fetching it again. Resolves with the number of
+   * chunks that failed (never rejects).
+   */
+  async prefetchRun(run: BlobChunk[], release: () => void): Promise<number> {
+    const c = this.prefetchCounters;
+    if (this.closed) {
+      release();
+      return run.length;
+    }
+    const defs = run.map((ch) => {
+      const d = deferred();
+      const tracked = d.promise;
+      this.inflight.set(ch.index, tracked);
+      this.prefetching.add(ch.index);
+      tracked.finally(() => {
+        if (this.inflight.get(ch.index) === tracked) this.inflight.delete(ch.index);
+        this.prefetching.delete(ch.index);
+      }).catch(() => undefined);
+      return d;
+    });
+    for (const ch of run) this.prefetchInBackend.add(ch.index);
+    const backendDone = (): void => {
+      for (const ch of run) this.prefetchInBackend.delete(ch.index);
+      release();
+    };
+    const bytes = run[run.length - 1].compressedOffset + run[run.length - 1].compressedSize - run[0].compressedOffset;
+    c.requests++;
+    c.inflight++;
+    c.max_inflight = Math.max(c.max_inflight, c.inflight);
+    let failed = 0;
+    try {
+      await this.fetchRun(run, defs, backendDone);
+      const results = await Promise.allSettled(defs.map((d) => d.promise));
+      failed = results.filter((r) => r.status === 'rejected').length;
+    } finally {
+      c.inflight--;
+    }
+    c.chunks += run.length - failed;
+    if (failed < run.length) c.bytes += bytes;
+    if (failed > 0) {
+      c.failed_requests++;
+      if (!this.closed) this.opts.log?.('warn', `blob ${this.blobId}: prefetch request ${run[0].compressedOffset}+${bytes} (${run.length} chunks): ${failed} chunk(s) failed; they are fetched when read`, { blobId: this.blobId });
+    }
+    return failed;
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    await Promise.allSettled([...this.inflight.values()]);
+    for (const j of this.jobs) j.cancel();
+    // A prefetch request still waiting for the backend is abandoned (its answer is dropped:
+    // decodeRun writes nothing once closed), so a slow backend cannot hold up an unmount.
+    await Promise.allSettled([...this.inflight].filter(([i]) => !this.prefetchInBackend.has(i)).map(([, p]) => p));
   }
 }

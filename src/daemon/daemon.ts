@@ -10,7 +10,8 @@ import * as net from 'node:net';
 import { ImageRegistry, ImageRegistration } from './image-registry';
 import { LocalFsBackend } from '../backends/localfs';
 import { makeNetworkBackend } from '../backends/proxy';
-import { BlobBackend, FrontendMount, KernelFrontend } from './interfaces';
+import { BlobBackend, BlobMetrics, FrontendMount, KernelFrontend } from './interfaces';
+import type { GateStats } from './backend-gate';
 import { ChunkPool } from '../codec/chunk-pool';
 import { digestReady } from '../codec/digest';
 import { NydusError } from '../errors';
@@ -118,6 +119,7 @@ export class Daemon implements DaemonController {
       // Digests are always verified when the bootstrap records them (nydusd skips this for
       // legacy configs; serving a corrupt chunk is never acceptable here).
       session: { amplify: entry.amplifyIo, validate: true, metaCacheDir: entry.workDir },
+      prefetch: entry.prefetch,
       source: raw,
     };
     this.registry.register(reg);
@@ -191,11 +193,13 @@ export class Daemon implements DaemonController {
     const images = this.registry.list().filter((i) => !id || i.id === id.replace(/^\//, ''));
     if (id && images.length === 0) throw new NydusError('ERR_NOT_FOUND', `no metrics for id ${id}`);
     const blobIds = new Set(images.flatMap((i) => i.blobIds));
+    const blobs = sessions.filter((m) => !id || blobIds.has(m.blob_id));
     return {
       images: images.map((i) => ({ id: i.id, domain_id: i.domainId, bootstrap: i.bootstrapPath, blobs: i.blobIds })),
-      blobs: sessions.filter((m) => !id || blobIds.has(m.blob_id)).map((m) => ({ ...m, ...this.frontend.blobStats?.(m.blob_id) })),
+      blobs: blobs.map((m) => ({ ...m, ...this.frontend.blobStats?.(m.blob_id) })),
       mounts: this.mounts(),
       frontend: this.frontend.stats(),
+      prefetch: prefetchTotals(blobs, this.registry.gateStats()),
     };
   }
 
@@ -211,6 +215,23 @@ export class Daemon implements DaemonController {
     for (const s of this.registry.openSessions()) await s.close();
     await this.pool?.close();
   }
+}
+
+/**
+ * Daemon-wide prefetch figures: the blobs' prefetch counters summed, and the backend gates'
+ * on-demand requests that queued behind prefetch (should stay 0).
+ */
+function prefetchTotals(blobs: BlobMetrics[], gates: GateStats[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const b of blobs) {
+    const p = (b as { prefetch?: Record<string, unknown> }).prefetch;
+    if (!p) continue;
+    for (const [k, v] of Object.entries(p)) if (typeof v === 'number' && k !== 'max_inflight') out[k] = (out[k] ?? 0) + v;
+  }
+  for (const k of ['ondemand_queued', 'ondemand_waits_behind_prefetch', 'ondemand_during_prefetch', 'prefetch_yields'] as const) {
+    out[k] = gates.reduce((n, g) => n + g[k], 0);
+  }
+  return out;
 }
 
 export function readConfigEntries(file: string): unknown[] {

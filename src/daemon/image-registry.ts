@@ -7,9 +7,13 @@
  */
 import * as fs from 'node:fs';
 import { readBootstrapTables, RafsBootstrapTables } from '../format/bootstrap-reader';
-import { BlobBackend, BlobSession, CacheWriter, ImageSource, ObjectLookup, RegisteredImage } from './interfaces';
+import { BlobBackend, BlobSession, CacheWriter, ImageSource, ObjectLookup, PrefetchHandle, RegisteredImage } from './interfaces';
 import type { BlobEntry } from '../format/layout';
 import { ChunkedBlobSession, BlobSessionOptions } from './blob-session';
+import { BackendGate } from './backend-gate';
+import type { PrefetchConfig } from './config';
+import { PrefetchPlan, resolvePrefetchPlan } from './prefetch-plan';
+import { RatePacer } from './prefetch';
 import { NydusError } from '../errors';
 
 export interface ImageRegistration {
@@ -18,7 +22,9 @@ export interface ImageRegistration {
   domainId: string;
   bootstrapPath: string;
   backend: BlobBackend;
-  session?: Omit<BlobSessionOptions, 'pool' | 'log'>;
+  session?: Omit<BlobSessionOptions, 'pool' | 'log' | 'gate'>;
+  /** background prefetch when a front end opens the image's blobs for a mount (off when absent) */
+  prefetch?: PrefetchConfig;
   /** the raw registration (e.g. the API body), kept for failover re-registration */
   source?: unknown;
 }
@@ -29,6 +35,12 @@ interface Image extends RegisteredImage {
   reg: ImageRegistration;
   /** digest by ci index, per blob index */
   digests: Map<number, Buffer>[];
+  /** the prefetch table resolved (on the first prefetch) */
+  plan?: PrefetchPlan;
+  /** bandwidth_rate of this registration, shared by its blobs' prefetch jobs */
+  pacer?: RatePacer;
+  /** running prefetch jobs (cancelled on unregister) */
+  jobs: Set<PrefetchHandle>;
 }
 
 function checkName(what: string, v: string): void {
@@ -39,6 +51,8 @@ export class ImageRegistry implements ImageSource {
   private readonly images = new Map<string, Image>();
   /** open sessions and the backend each reads from */
   private readonly sessions = new Map<BlobSession, BlobBackend>();
+  /** request slots per backend: prefetch yields to reads on the same connections */
+  private readonly gates = new Map<BlobBackend, BackendGate>();
 
   constructor(private readonly sessionDefaults: Pick<BlobSessionOptions, 'pool' | 'log'> = {}) {}
 
@@ -74,7 +88,7 @@ export class ImageRegistry implements ImageSource {
     for (const c of boot.chunkTable) digests[c.blobIndex]?.set(c.index, c.digest);
     const img: Image = {
       id: reg.id, domainId: reg.domainId, bootstrapPath: reg.bootstrapPath, bootstrapSize: bootstrap.length,
-      blobIds: boot.blobs.map((b) => b.blobId), boot, bootstrap, reg, digests,
+      blobIds: boot.blobs.map((b) => b.blobId), boot, bootstrap, reg, digests, jobs: new Set(),
     };
     this.images.set(key, img);
     return this.publicView(img);
@@ -91,6 +105,8 @@ export class ImageRegistry implements ImageSource {
       const inDomain = domainId === undefined || ImageRegistry.volumeOf(img.id, img.domainId) === domainId || img.domainId === domainId;
       if (inDomain && (id === undefined || img.id === id)) {
         this.images.delete(k);
+        for (const j of img.jobs) j.cancel();
+        img.jobs.clear();
         removed.push(this.publicView(img));
         this.closeIfUnused(img.reg.backend);
       }
@@ -109,6 +125,7 @@ export class ImageRegistry implements ImageSource {
   private closeIfUnused(backend: BlobBackend): void {
     if ([...this.images.values()].some((i) => i.reg.backend === backend)) return;
     if ([...this.sessions.values()].includes(backend)) return;
+    this.gates.delete(backend);
     backend.close().catch(() => undefined);
   }
 
@@ -178,10 +195,12 @@ export class ImageRegistry implements ImageSource {
 
   /** A session over `owner`'s backend and digests; the backend is closed with its last user. */
   private openSession(owner: Image, idx: number, writer: CacheWriter): BlobSession {
-    const s = new ChunkedBlobSession(owner.boot.blobs[idx], owner.reg.backend, writer, owner.digests[idx], {
-      ...owner.reg.session, ...this.sessionDefaults,
-    });
     const backend = owner.reg.backend;
+    let gate = this.gates.get(backend);
+    if (!gate) this.gates.set(backend, (gate = new BackendGate()));
+    const s = new ChunkedBlobSession(owner.boot.blobs[idx], backend, writer, owner.digests[idx], {
+      ...owner.reg.session, ...this.sessionDefaults, gate,
+    });
     this.sessions.set(s, backend);
     const close = s.close.bind(s);
     s.close = async () => {
@@ -194,5 +213,44 @@ export class ImageRegistry implements ImageSource {
 
   openSessions(): BlobSession[] {
     return [...this.sessions.keys()];
+  }
+
+  /**
+   * A front end opened `session` (one of `image`'s blobs) for a mount: start prefetching what the
+   * image's prefetch table lists in it (and, with prefetch_all, the rest of the blob) in the
+   * background, if the registration enables prefetch. Never throws: a bad table entry is logged
+   * (naming the image and the nid) and the rest is prefetched.
+   */
+  startPrefetch(image: RegisteredImage, session: BlobSession): PrefetchHandle | undefined {
+    const img = this.images.get(this.key(image.id, image.domainId));
+    const cfg = img?.reg.prefetch;
+    if (!img || !cfg?.enable || !(session instanceof ChunkedBlobSession) || session.isClosed) return undefined;
+    const idx = img.blobIds.indexOf(session.blobId);
+    if (idx < 0) return undefined;
+    const log = this.sessionDefaults.log;
+    try {
+      if (!img.plan) {
+        img.plan = resolvePrefetchPlan(img.bootstrap, img.boot, img.id);
+        for (const e of img.plan.errors) log?.('error', `${e}; the image still serves, that entry is not prefetched`, { id: img.id });
+        log?.('info', `image ${img.id}: prefetch table of ${img.boot.prefetchNids.length} entr${img.boot.prefetchNids.length === 1 ? 'y' : 'ies'} → ${img.plan.everything ? 'every blob, whole' : `${img.plan.files} file(s), ${img.plan.chunks.reduce((n, c) => n + c.length, 0)} chunk(s)`}${cfg.prefetchAll ? ', then the whole blob(s)' : ''}`, { id: img.id });
+      }
+      img.pacer ??= new RatePacer(cfg.bandwidthLimit);
+      const listed = img.plan.chunks[idx];
+      if (listed.length === 0 && !cfg.prefetchAll) return undefined;
+      const job = session.startPrefetch({
+        listed, all: cfg.prefetchAll, threads: cfg.threads, mergeBytes: cfg.batchSize || (1 << 20), pacer: img.pacer, image: img.id, log,
+      });
+      img.jobs.add(job);
+      void job.done.finally(() => img.jobs.delete(job));
+      return job;
+    } catch (e) {
+      log?.('error', `image ${img.id}: cannot start the prefetch of blob ${session.blobId}: ${(e as Error).message}`, { id: img.id, blobId: session.blobId });
+      return undefined;
+    }
+  }
+
+  /** request slots of each backend in use (the metrics API) */
+  gateStats(): ReturnType<BackendGate['stats']>[] {
+    return [...this.gates.values()].map((g) => g.stats());
   }
 }

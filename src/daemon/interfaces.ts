@@ -91,9 +91,23 @@ export type ObjectLookup =
   | { kind: 'blob'; image: RegisteredImage; open(writer: CacheWriter): Promise<BlobSession> }
   | { kind: 'unknown'; reason: string };
 
+/** A background prefetch started for a mount (src/daemon/prefetch.ts). */
+export interface PrefetchHandle {
+  cancel(): void;
+  /** settles when the job ends (done, cancelled or given up; never rejects) */
+  readonly done: Promise<void>;
+}
+
 export interface ObjectResolver {
   /** volume = domain or fsid (without the "erofs," prefix); cookie = fsid or blob id */
   resolve(domain: string, cookie: string): ObjectLookup;
+  /**
+   * The front end opened `session`, a blob of `image`, for a mount (fanotify: the daemon's
+   * mount; fscache: the kernel's OPEN of the blob object, after the copen): start the image's
+   * background prefetch of it when its registration enables prefetch. Cancel the handle when the
+   * mount goes away; closing the session also ends it.
+   */
+  startPrefetch?(image: RegisteredImage, session: BlobSession): PrefetchHandle | undefined;
 }
 
 /** What a kernel front end reads from the daemon core: the registered images and their blobs. */

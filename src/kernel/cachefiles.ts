@@ -668,6 +668,8 @@ export class CachefilesFrontend implements KernelFrontend {
     this.log('debug', `cachefiles: OPEN ${what} → object ${objectId}, ${obj.kind}, size ${size}`, { objectId, size });
     // after the copen: the chunk index load looks at what the cache file already holds
     obj.session?.prepare?.();
+    // nydusd starts a blob's prefetch here too; it ends with the object (CLOSE closes the session)
+    if (obj.session && lookup.kind === 'blob') this.resolver?.startPrefetch?.(lookup.image, obj.session);
     if (lookup.kind === 'bootstrap' && (this.opts.prefillBootstrap ?? true) && size > 0) {
       const read = lookup.read;
       const p = (async () => {

@@ -26,7 +26,7 @@ import * as path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { NydusError } from '../errors';
 import { mountPoints } from '../sys/mount-table';
-import type { BlobSession, FrontendMount, ImageSource, KernelFrontend, RegisteredImage } from '../daemon/interfaces';
+import type { BlobSession, FrontendMount, ImageSource, KernelFrontend, PrefetchHandle, RegisteredImage } from '../daemon/interfaces';
 import { LatencyHistogram } from '../daemon/blob-session';
 import { BlobCacheFile, CacheFileLog, PAGE } from './blob-cache-file';
 import {
@@ -129,6 +129,8 @@ export class FanotifyFrontend implements KernelFrontend {
   private readonly bySlot = new Map<number, OpenBlob>();
   private nextSlot = 1;
   private readonly mountTable = new Map<string, FrontendMount>();
+  /** background prefetch of each mount's blobs (cancelled when it is unmounted) */
+  private readonly prefetches = new Map<string, PrefetchHandle[]>();
   private readonly handlers = new Set<Promise<void>>();
   private stopped = false;
   private readonly hist = new LatencyHistogram();
@@ -178,6 +180,8 @@ export class FanotifyFrontend implements KernelFrontend {
     try {
       for (const id of m.blobIds) opened.push(this.acquire(id));
       this.mountTable.set(m.mountpoint, m);
+      const image = this.images?.find(m.id, m.domainId);
+      if (image) this.startPrefetch(m.mountpoint, image, opened);
     } catch (e) {
       for (const b of opened) void this.release(b);
       this.log('error', `fanotify: cannot serve ${m.mountpoint} (image ${m.id}) after a restart: ${errMsg(e)}; its reads get EIO until it is remounted`);
@@ -441,6 +445,7 @@ export class FanotifyFrontend implements KernelFrontend {
     const rec: FrontendMount = { mountpoint: mnt, id: image.id, domainId: image.domainId, bootstrap: image.bootstrapPath, blobIds: [...image.blobIds], mountedAt: new Date().toISOString() };
     this.mountTable.set(mnt, rec);
     this.log('info', `mounted image ${image.id} on ${mnt} (${image.blobIds.length} blob(s) through ${this.layout.hsm})`, { mountpoint: mnt, id: image.id });
+    this.startPrefetch(mnt, image, opened);
     this.opts.onMountsChanged?.(this.mounts());
     return rec;
   }
@@ -480,6 +485,8 @@ export class FanotifyFrontend implements KernelFrontend {
       this.log('warn', `${mnt} was already unmounted behind the daemon's back`);
     }
     this.mountTable.delete(mnt);
+    for (const h of this.prefetches.get(mnt) ?? []) h.cancel();
+    this.prefetches.delete(mnt);
     const blobs = rec.blobIds.map((id) => this.blobs.get(id)).filter((b): b is OpenBlob => !!b);
     for (const b of blobs) await this.release(b);
     this.log('info', `unmounted ${mnt} (image ${rec.id})`, { mountpoint: mnt });
@@ -488,6 +495,16 @@ export class FanotifyFrontend implements KernelFrontend {
 
   mounts(): FrontendMount[] {
     return [...this.mountTable.values()];
+  }
+
+  /** The image's background prefetch of the blobs this mount uses (when its registration enables it). */
+  private startPrefetch(mnt: string, image: RegisteredImage, blobs: OpenBlob[]): void {
+    const handles: PrefetchHandle[] = [];
+    for (const b of blobs) {
+      const h = this.images?.startPrefetch?.(image, b.session);
+      if (h) handles.push(h);
+    }
+    if (handles.length) this.prefetches.set(mnt, handles);
   }
 
   // -------------------------------------------------------------------- metrics, stop

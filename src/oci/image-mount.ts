@@ -134,6 +134,21 @@ export interface RegistrationOptions {
   backend: RegistryBackendJson;
   /** default 'legacy' (the nydus-snapshotter shape) */
   format?: RegistrationFormat;
+  /** background prefetch at mount (default off, as nydusd) */
+  prefetch?: RegistrationPrefetch;
+}
+
+/** nydusd's prefetch settings, as `mount --prefetch…` sets them (src/daemon/prefetch.ts). */
+export interface RegistrationPrefetch {
+  enable: boolean;
+  /** after the prefetch table's files, the whole blob(s) */
+  all?: boolean;
+  /** concurrent prefetch requests (default 8) */
+  threads?: number;
+  /** the largest merged prefetch request, bytes (default 1 MiB) */
+  mergingSize?: number;
+  /** bytes/s, 0 = unlimited */
+  bandwidthRate?: number;
 }
 
 /**
@@ -142,6 +157,7 @@ export interface RegistrationOptions {
  */
 export function buildRegistration(o: RegistrationOptions): BlobCacheEntryJson {
   const domainId = o.domainId ?? '';
+  const p = { enable: o.prefetch?.enable ?? false, all: o.prefetch?.all ?? false, threads: o.prefetch?.threads ?? 8, merge: o.prefetch?.mergingSize ?? 1 << 20, rate: o.prefetch?.bandwidthRate ?? 0 };
   if ((o.format ?? 'legacy') === 'legacy') {
     return {
       type: 'bootstrap',
@@ -153,7 +169,7 @@ export function buildRegistration(o: RegistrationOptions): BlobCacheEntryJson {
         backend_config: { ...o.backend },
         cache_type: 'fscache',
         cache_config: { work_dir: o.workDir },
-        prefetch_config: { enable: false, threads_count: 8, merging_size: 1 << 20, bandwidth_rate: 0, prefetch_all: false },
+        prefetch_config: { enable: p.enable, threads_count: p.threads, merging_size: p.merge, bandwidth_rate: p.rate, prefetch_all: p.all },
         metadata_path: o.bootstrapPath,
       },
     };
@@ -166,7 +182,10 @@ export function buildRegistration(o: RegistrationOptions): BlobCacheEntryJson {
       version: 2,
       id: o.fsid,
       backend: { type: 'registry', registry: { ...o.backend } },
-      cache: { type: 'fscache', fscache: { work_dir: o.workDir } },
+      cache: {
+        type: 'fscache', fscache: { work_dir: o.workDir },
+        prefetch: { enable: p.enable, threads: p.threads, batch_size: p.merge, bandwidth_limit: p.rate, prefetch_all: p.all },
+      },
       metadata_path: o.bootstrapPath,
     },
   };
