@@ -47,6 +47,10 @@ export interface StartRegistryOptions {
   anonymousPull?: boolean;
   /** registry log level (default info) */
   logLevel?: 'error' | 'warn' | 'info' | 'debug';
+  /** listen on this address instead of 127.0.0.1 (e.g. inside a network namespace) */
+  listenHost?: string;
+  /** argv that starts docker-registry elsewhere, e.g. `ip netns exec NS` */
+  spawnPrefix?: string[];
 }
 
 export interface TokenServerStats {
@@ -242,7 +246,7 @@ async function startTokenServer(
   };
 }
 
-function registryConfig(o: { dir: string; port: number; level: string; auth: string }): string {
+function registryConfig(o: { dir: string; host: string; port: number; level: string; auth: string }): string {
   return `version: 0.1
 log:
   level: ${o.level}
@@ -257,7 +261,7 @@ storage:
     uploadpurging:
       enabled: false
 http:
-  addr: 127.0.0.1:${o.port}
+  addr: ${o.host}:${o.port}
   secret: ${crypto.randomBytes(16).toString('hex')}
   headers:
     X-Content-Type-Options: [nosniff]
@@ -296,6 +300,7 @@ function readTail(file: string, lines: number): string {
 export async function startRegistry(opts: StartRegistryOptions = {}): Promise<TestRegistry> {
   requireCommand('docker-registry', 'docker-registry');
   const mode = opts.auth ?? 'none';
+  const listenHost = opts.listenHost ?? '127.0.0.1';
   const dir = makeTmpDir('nydus-ts-registry-');
   const username = opts.username ?? 'nydus';
   const password = opts.password ?? `pw-${crypto.randomBytes(6).toString('hex')}`;
@@ -325,15 +330,16 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
     let port = 0;
     for (let attempt = 0; ; attempt++) {
       port = await freePort();
-      fs.writeFileSync(path.join(dir, 'config.yml'), registryConfig({ dir, port, level: opts.logLevel ?? 'info', auth: authYaml }));
+      fs.writeFileSync(path.join(dir, 'config.yml'), registryConfig({ dir, host: listenHost, port, level: opts.logLevel ?? 'info', auth: authYaml }));
       const fd = fs.openSync(logFile, 'a');
-      const child = spawn('docker-registry', ['serve', path.join(dir, 'config.yml')], { stdio: ['ignore', fd, fd] });
+      const [cmd, ...pre] = [...(opts.spawnPrefix ?? []), 'docker-registry'];
+      const child = spawn(cmd, [...pre, 'serve', path.join(dir, 'config.yml')], { stdio: ['ignore', fd, fd] });
       proc = child;
       live.add(child);
       child.once('exit', () => live.delete(child));
       fs.closeSync(fd);
       try {
-        await waitReady(`http://127.0.0.1:${port}`, proc, logFile, 15_000);
+        await waitReady(`http://${listenHost}:${port}`, proc, logFile, 15_000);
         break;
       } catch (e) {
         proc.kill('SIGKILL');
@@ -342,7 +348,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
       }
     }
     const p = proc!;
-    const host = `127.0.0.1:${port}`;
+    const host = `${listenHost}:${port}`;
     const reg: TestRegistry = {
       auth: mode,
       host,
