@@ -234,6 +234,14 @@ export function addDaemonCommands(program: Command): void {
     .option('-L, --log-file <file>', 'log to this file instead of stderr')
     .option('--log-rotation-size <mb>', 'accepted for nydusd compatibility')
     .option('--rlimit-nofile <n>', 'accepted for nydusd compatibility (the fanotify front end raises the limit itself)')
+    .option('--cache-high-watermark <pct>', 'cull the cache when more than this share of its filesystem\'s space is in use (default 95%; "off": never for space)')
+    .option('--cache-low-watermark <pct>', 'culling frees space down to this share in use (default 90%)')
+    .option('--cache-files-high-watermark <pct>', 'cull when more than this share of the filesystem\'s inodes is in use (default 95%; "off")')
+    .option('--cache-files-low-watermark <pct>', 'culling frees inodes down to this share (default 90%)')
+    .option('--cull-interval <secs>', 'check the watermarks every N seconds (default 10; 0: only when a cache write finds the disk full or cachefiles signals culling)')
+    .option('--gc-interval <secs>', 'remove the cached data of blobs no registered image references every N seconds (default 600; 0: never periodically)')
+    .option('--gc-grace <secs>', 'automatic GCs keep the data of an unreferenced blob read less than N seconds ago (default 600; `cache gc` does not wait)')
+    .option('--no-gc-on-unregister', 'no automatic GC after an image is unregistered (or its last mount goes)')
     .addOption(new Option('--serve-child').hideHelp())
     .addOption(new Option('--restore').hideHelp());
   d.action(async (o) => {
@@ -249,14 +257,17 @@ export function addDaemonCommands(program: Command): void {
     const cacheDir = path.resolve(dirArg);
     if (!fs.existsSync(cacheDir) || !fs.statSync(cacheDir).isDirectory()) throw new NydusError('ERR_INVALID_ARGUMENT', `${o.fscache !== undefined ? '--fscache' : '--cache-dir'} ${dirArg}: not an existing directory`);
     const logFn = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, ctx?: Record<string, unknown>): void => log[level](msg, ctx);
+    const { resolveCacheConfig, readCacheSection } = await import('../daemon/cache-config');
+    const cacheConfig = resolveCacheConfig(o.config ? readCacheSection(o.config) : undefined, o);
     if (!o.serveChild) {
       const { runSupervisor } = await import('../daemon/supervisor');
       const { openKernelHandle } = await import('../kernel/index');
+      const { limitsForWatermarks } = await import('../kernel/cachefiles-cache');
       const childArgs = process.argv.slice(2);
       const initialEntries = o.config ? (await import('../daemon/daemon')).readConfigEntries(o.config) : [];
       await runSupervisor({
         apiSock: path.resolve(o.apisock), childArgs, cliPath: path.join(__dirname, 'main.js'), log, initialEntries,
-        openKernel: () => openKernelHandle(choice, cacheDir, { tag: o.fscacheTag, log: logFn }),
+        openKernel: () => openKernelHandle(choice, cacheDir, { tag: o.fscacheTag, log: logFn, limits: limitsForWatermarks(cacheConfig.space, cacheConfig.files) }),
       });
       await new Promise(() => undefined); // the supervisor runs until a signal
       return;
@@ -276,7 +287,7 @@ export function addDaemonCommands(program: Command): void {
     });
     const daemon = new Daemon({
       frontend, cacheDir, threads: o.fscacheThreads, apiSock: path.resolve(o.apisock),
-      externalConnections: true, id: o.id, supervisor: o.supervisor, log,
+      externalConnections: true, id: o.id, supervisor: o.supervisor, log, cache: cacheConfig,
       initialEntries: init.entries,
       onRegistrationsChanged: (entries) => process.send?.({ type: 'registrations', entries }),
       requestExit: () => process.send?.({ type: 'exit' }),

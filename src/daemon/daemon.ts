@@ -19,6 +19,8 @@ import { ApiServer, DaemonController } from './api-server';
 import { NormalizedEntry, parseBlobCacheEntry } from './config';
 import { Logger } from './log';
 import { VERSION } from '../version';
+import { CacheManager, hasCache } from './cache-manager';
+import { CacheLifecycleConfig, DEFAULT_CACHE_CONFIG } from './cache-config';
 
 export type DaemonState = 'INIT' | 'READY' | 'RUNNING' | 'STOPPED' | 'UNKNOWN';
 
@@ -40,6 +42,8 @@ export interface DaemonOptions {
   onRegistrationsChanged?: (entries: unknown[]) => void;
   /** registrations to restore before serving (failover) */
   initialEntries?: unknown[];
+  /** automatic GC and culling under disk pressure (cache-config.ts; default DEFAULT_CACHE_CONFIG) */
+  cache?: CacheLifecycleConfig;
 }
 
 /**
@@ -69,10 +73,18 @@ export class Daemon implements DaemonController {
   private pool?: ChunkPool;
   private readonly entries = new Map<string, unknown>();
   private readonly eventLog: unknown[] = [];
+  /** usage, GC and culling of the cache dir (cache-manager.ts) */
+  private readonly cacheMgr?: CacheManager;
 
   constructor(private readonly opts: DaemonOptions) {
     this.registry = new ImageRegistry({ log: (level, msg, ctx) => opts.log[level](msg, ctx) });
     this.frontend = opts.frontend;
+    const f = opts.frontend;
+    if (hasCache(f)) {
+      this.cacheMgr = new CacheManager({
+        cacheDir: opts.cacheDir, frontend: f, registry: this.registry, config: opts.cache ?? DEFAULT_CACHE_CONFIG, log: (level, msg, ctx) => opts.log[level](msg, ctx),
+      });
+    }
   }
 
   /** Bring the daemon up: pool, restored registrations, kernel front end, API. */
@@ -88,6 +100,7 @@ export class Daemon implements DaemonController {
       }
     }
     await this.frontend.start(this.registry);
+    this.cacheMgr?.start();
     this.state = 'RUNNING';
     // With a supervisor, an unbound server: connections arrive through acceptConnection().
     const server = this.opts.externalConnections ? new net.Server() : undefined;
@@ -130,6 +143,7 @@ export class Daemon implements DaemonController {
   async unregister(domainId: string | undefined, blobId: string | undefined): Promise<void> {
     const removed = this.registry.unregister(domainId, blobId);
     for (const r of removed) this.entries.delete(`${r.domainId}/${r.id}`);
+    this.cacheMgr?.afterUnregister();
     this.opts.onRegistrationsChanged?.([...this.entries.values()]);
   }
 
@@ -137,6 +151,24 @@ export class Daemon implements DaemonController {
     if (this.registry.blobInUse(blobId)) throw new NydusError('ERR_DAEMON', `blob ${blobId} is in use by a registered image`);
     if (!this.frontend.cull) throw new NydusError('ERR_UNSUPPORTED', `the ${this.frontend.kind} front end cannot cull blobs`);
     await this.frontend.cull(blobId);
+  }
+
+  /** `GET /api/v1/cache/usage` */
+  cacheUsage(): unknown {
+    if (!this.cacheMgr) throw new NydusError('ERR_UNSUPPORTED', `the ${this.frontend.kind} front end has no cache to report`, { httpStatus: 501 });
+    return this.cacheMgr.usage();
+  }
+
+  /** `POST /api/v1/cache/gc[?dry_run=true]`: remove the data of blobs no registered image uses */
+  async cacheGc(dryRun: boolean): Promise<unknown> {
+    if (!this.cacheMgr) throw new NydusError('ERR_UNSUPPORTED', `the ${this.frontend.kind} front end has no cache to collect`, { httpStatus: 501 });
+    return this.cacheMgr.gc({ trigger: 'api', dryRun });
+  }
+
+  /** `POST /api/v1/cache/cull`: a culling pass now (only does something above the high watermark) */
+  async cacheCull(): Promise<unknown> {
+    if (!this.cacheMgr) throw new NydusError('ERR_UNSUPPORTED', `the ${this.frontend.kind} front end has no cache to cull`, { httpStatus: 501 });
+    return (await this.cacheMgr.cull('api')) ?? { trigger: 'api', culled: false, reason: 'below the high watermarks' };
   }
 
   /** `POST /api/v1/mount?mountpoint=`: mount a registered image (front ends that mount themselves). */
@@ -199,6 +231,7 @@ export class Daemon implements DaemonController {
       blobs: blobs.map((m) => ({ ...m, ...this.frontend.blobStats?.(m.blob_id) })),
       mounts: this.mounts(),
       frontend: this.frontend.stats(),
+      cache: this.cacheMgr?.metrics(),
       prefetch: prefetchTotals(blobs, this.registry.gateStats()),
     };
   }
@@ -209,6 +242,7 @@ export class Daemon implements DaemonController {
 
   /** Stop: the front end first (it unmounts; a busy mount throws and everything keeps serving). */
   async stop(): Promise<void> {
+    this.cacheMgr?.stop();
     await this.frontend.stop();
     this.state = 'STOPPED';
     await this.api?.close();

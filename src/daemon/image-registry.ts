@@ -187,6 +187,15 @@ export class ImageRegistry implements ImageSource {
     return o && o.img.boot.blobs[o.idx];
   }
 
+  /** [uncompressed offset, size] of each chunk of `blobId` in its image's chunk table (cache usage) */
+  blobChunkRanges(blobId: string): Array<[number, number]> | undefined {
+    const o = this.owner(blobId);
+    if (!o) return undefined;
+    const seen = new Map<number, [number, number]>();
+    for (const c of o.img.boot.chunkTable) if (c.blobIndex === o.idx && !seen.has(c.index)) seen.set(c.index, [c.uncompressedOffset, c.uncompressedSize]);
+    return [...seen.values()];
+  }
+
   openBlob(blobId: string, writer: CacheWriter): BlobSession {
     const o = this.owner(blobId);
     if (!o) throw new NydusError('ERR_NOT_FOUND', `no registered image has blob ${blobId}`, { blobId });

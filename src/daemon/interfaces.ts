@@ -203,6 +203,10 @@ export interface CachePressureHandler {
   makeRoom(bytes: number, keep: string): Promise<number>;
   /** the kernel asks for culling (cachefiles POLLOUT) */
   cullingNeeded(): void;
+  /** an object is no longer open (unmounted): a GC may now remove it if nothing references it */
+  released(id: string, volume?: string): void;
+  /** bytes were written to the cache (watermarks are checked as it fills) */
+  wrote(bytes: number): void;
 }
 
 /** One blob's cache file as scrub sees it (a front end builds it: scrubTargets). */

@@ -87,6 +87,14 @@ export class BlobCacheFile implements CacheWriter {
   private readonly writing = new Set<[number, number]>();
   /** called once when the last page becomes present */
   onComplete?: () => void;
+  /**
+   * A write met a full filesystem (ENOSPC/EDQUOT): make room (resolves with the bytes freed),
+   * then the write is retried. The kernel reads what EROFS asks for from this file after the
+   * answer, so a read cannot be served without keeping its bytes: room has to be made.
+   */
+  onNoSpace?: (bytes: number) => Promise<number>;
+  /** [offset, offset+length) was written (access times; the cache manager's watermark checks) */
+  onWritten?: (offset: number, length: number) => void;
   /** why the cache was discarded at open (replaced, resized, …); undefined if it was trusted */
   readonly rebuiltBecause?: string;
   private readonly log: CacheFileLog;
@@ -330,10 +338,21 @@ export class BlobCacheFile implements CacheWriter {
     const w: [number, number] = [offset, offset + len];
     this.writing.add(w);
     try {
-      await pwriteAll(this.fd, len === data.length ? data : data.subarray(0, len), offset);
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await pwriteAll(this.fd, len === data.length ? data : data.subarray(0, len), offset);
+          break;
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          if ((code !== 'ENOSPC' && code !== 'EDQUOT') || !this.onNoSpace || attempt >= 3 || this.closed) throw e;
+          // this range stays in `writing` meanwhile, so eviction never punches under it
+          if ((await this.onNoSpace(len)) <= 0) throw e;
+        }
+      }
     } finally {
       this.writing.delete(w);
     }
+    this.onWritten?.(offset, len);
     // whole pages only, and the last (partial) page of the blob when the write reaches the end
     const first = Math.ceil(offset / PAGE);
     const end = offset + len >= this.size ? this.pages : Math.floor((offset + len) / PAGE);

@@ -96,6 +96,12 @@ export interface AnonFdWriterOptions {
   enobufsRetries?: number;
   /** names the object in errors and logs (e.g. "blob <id>" / "erofs,<domain>/<cookie>") */
   name?: string;
+  /**
+   * A write met a full cache filesystem (ENOSPC/EDQUOT, or ENOBUFS that outlasted the retries):
+   * make room (resolves with the bytes freed), then the write is retried. The kernel reads the
+   * data from the cache file after READ_COMPLETE, so it cannot be served without keeping it.
+   */
+  onNoSpace?: (bytes: number) => Promise<number>;
 }
 
 /** Statistics of one writer. */
@@ -120,9 +126,11 @@ export class AnonFdWriter implements CacheWriter {
 
   /** `fd`: the anonymous fd of an OPEN; the writer owns it from now on (`close()` closes it). */
   private readonly enobufsRetries: number;
+  private readonly onNoSpace?: (bytes: number) => Promise<number>;
 
   constructor(readonly fd: number, opts: AnonFdWriterOptions = {}) {
     this.pool = opts.pool ?? defaultAlignedPool();
+    this.onNoSpace = opts.onNoSpace;
     this.enobufsRetries = opts.enobufsRetries ?? 8;
     this.name = opts.name ?? `cache object fd ${fd}`;
   }
@@ -167,6 +175,7 @@ export class AnonFdWriter implements CacheWriter {
   private async writeAll(position: number, buf: Buffer): Promise<void> {
     let done = 0;
     let enobufs = 0;
+    let roomMade = 0;
     while (done < buf.length) {
       if (this.closed) throw new NydusError('ERR_IO', `${this.name}: closed during a write`, { offset: position + done });
       let n: number;
@@ -179,6 +188,13 @@ export class AnonFdWriter implements CacheWriter {
         if (err.code === 'ENOBUFS' && enobufs < this.enobufsRetries && !this.closed) {
           await sleep(10 << enobufs++);
           continue;
+        }
+        if ((err.code === 'ENOSPC' || err.code === 'EDQUOT' || err.code === 'ENOBUFS') && this.onNoSpace && roomMade < 3 && !this.closed) {
+          roomMade++;
+          if ((await this.onNoSpace(buf.length - done)) > 0) {
+            enobufs = 0;
+            continue;
+          }
         }
         if (typeof err.errno === 'number') {
           throw sysError('pwrite', this.name, -err.errno, { detail: `offset ${position + done} length ${buf.length - done}`, offset: position + done, length: buf.length - done });

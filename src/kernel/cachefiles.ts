@@ -27,7 +27,8 @@ import { NydusError } from '../errors';
 import { BlobSession, KernelFrontend, ObjectLookup, ObjectResolver } from '../daemon/interfaces';
 import { AnonFdWriter, AlignedBufferPool } from './cache-writer';
 import { fsTypeOf } from './fanotify-group';
-import { errnoName, errnoOf, ioctl, pipe2, poll, setCloexec, O_CLOEXEC, O_NONBLOCK, POLLIN, POLLNVAL, POLLERR, POLLHUP } from '../sys/native';
+import { errnoName, errnoOf, ioctl, pipe2, poll, setCloexec, O_CLOEXEC, O_NONBLOCK, POLLIN, POLLOUT, POLLNVAL, POLLERR, POLLHUP } from '../sys/native';
+import { CachefilesCacheSpace, CachefilesLimits } from './cachefiles-cache';
 
 // ------------------------------------------------------------------------------ protocol
 
@@ -117,6 +118,8 @@ export interface CachefilesOpenOptions {
   tag?: string;
   /** default /dev/cachefiles */
   device?: string;
+  /** culling limits written before `bind` (cachefiles-cache.ts limitsForWatermarks) */
+  limits?: CachefilesLimits;
 }
 
 /** Write one text command to the device: exactly one write(2), the whole string. */
@@ -193,6 +196,13 @@ export function openCachefilesDevice(opts: CachefilesOpenOptions): number {
         writeCommand(fd, `tag ${opts.tag}`);
       } catch (e) {
         throw kernelError(`cachefiles "tag ${opts.tag}"`, e, '', { tag: opts.tag });
+      }
+    }
+    for (const [k, v] of Object.entries(opts.limits ?? {})) {
+      try {
+        writeCommand(fd, `${k} ${v}%`);
+      } catch (e) {
+        throw kernelError(`cachefiles "${k} ${v}%"`, e, 'culling limits need 0 <= stop < cull < run < 100', { [k]: v });
       }
     }
     try {
@@ -272,7 +282,7 @@ interface ReaderInit {
   role: typeof READER_ROLE;
   devFd: number;
   wakeFd: number;
-  /** Int32Array[0] != 0: stop */
+  /** Int32Array[0] != 0: stop; [1] != 0: watch for POLLOUT (culling needed) */
   stop: SharedArrayBuffer;
   pollTimeoutMs: number;
 }
@@ -281,7 +291,8 @@ type ReaderPost =
   | { t: 'msg'; data: Uint8Array }
   | { t: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; msg: string; ctx?: Record<string, unknown> }
   | { t: 'read-error'; errno: number }
-  | { t: 'dead'; msg: string };
+  | { t: 'dead'; msg: string }
+  | { t: 'culling' };
 
 /**
  * The poll/read loop, run in a worker thread: poll(2) the device and the wake pipe, then read()
@@ -343,13 +354,16 @@ function runReader(init: ReaderInit): void {
     if (stopped()) return;
     let r;
     try {
-      r = poll([{ fd: init.devFd, events: POLLIN }, { fd: init.wakeFd, events: POLLIN }], init.pollTimeoutMs);
+      // POLLOUT is level-triggered "culling needed": watched once, until the main thread re-arms it
+      const watchCull = Atomics.load(stop, 1) !== 0;
+      r = poll([{ fd: init.devFd, events: POLLIN | (watchCull ? POLLOUT : 0) }, { fd: init.wakeFd, events: POLLIN }], init.pollTimeoutMs);
     } catch (e) {
       post({ t: 'log', level: 'error', msg: `cachefiles: ${(e as Error).message}` });
       sleep(100);
       continue;
     }
     const dev = r.revents[0];
+    if (dev & POLLOUT && Atomics.compareExchange(stop, 1, 1, 0) === 1) post({ t: 'culling' });
     if (dev & POLLNVAL) {
       post({ t: 'dead', msg: 'cachefiles device fd is not open (POLLNVAL)' });
       return;
@@ -447,7 +461,9 @@ export class CachefilesFrontend implements KernelFrontend {
   private resolver?: ObjectResolver;
   private worker?: Worker;
   private workerExited?: Promise<void>;
-  private stopFlag = new SharedArrayBuffer(4);
+  private stopFlag = new SharedArrayBuffer(8);
+  /** usage, GC and culling of the cache dir (cachefiles-cache.ts) */
+  readonly cache: CachefilesCacheSpace;
   private wake?: [number, number];
   private stopping?: Promise<void>;
   private deviceClosed = false;
@@ -462,6 +478,23 @@ export class CachefilesFrontend implements KernelFrontend {
     private readonly opts: CachefilesFrontendOptions,
   ) {
     this.log = opts.log ?? defaultLog;
+    Atomics.store(new Int32Array(this.stopFlag), 1, 1);
+    this.cache = new CachefilesCacheSpace({
+      dir: opts.dir, log: this.log,
+      open: () => [...this.objects.values()].map((o) => ({ volume: o.volume, cookie: o.cookie })),
+      pathOf: (volume, cookie) => path.join(opts.dir, 'cache', `Ierofs,${volume}`, cookieFanout(`erofs,${volume}`, cookie), cookieFileName(cookie)),
+      cull: (cookie, volume) => this.cull(cookie, volume),
+      rearmCullingSignal: () => {
+        Atomics.store(new Int32Array(this.stopFlag), 1, 1);
+        if (this.wake) {
+          try {
+            fs.writeSync(this.wake[1], 'x');
+          } catch {
+            // the poll timeout picks it up
+          }
+        }
+      },
+    });
   }
 
   /**
@@ -530,6 +563,9 @@ export class CachefilesFrontend implements KernelFrontend {
         break;
       case 'dead':
         if (!this.stopping) this.log('error', `cachefiles: ${m.msg}; no more kernel requests are served`);
+        break;
+      case 'culling':
+        if (!this.stopping) this.cache.cullingSignal();
         break;
     }
   }
@@ -632,7 +668,7 @@ export class CachefilesFrontend implements KernelFrontend {
       this.st.opens_unknown++;
       return fail(E.ENOENT, 'warn', `no such image or blob: ${lookup.reason}`);
     }
-    const writer = new AnonFdWriter(fd, { pool: this.opts.pool, name: `${msg.volumeKey}/${cookie}` });
+    const writer = new AnonFdWriter(fd, { pool: this.opts.pool, name: `${msg.volumeKey}/${cookie}`, onNoSpace: this.cache.noSpace(domain, cookie) });
     const obj: CacheObject = { id: objectId, kind: lookup.kind, volume: domain, cookie, fd, writer, lookup, inflight: new Set(), closing: false };
     let size: number;
     if (lookup.kind === 'bootstrap') {
@@ -701,6 +737,7 @@ export class CachefilesFrontend implements KernelFrontend {
       return;
     }
     if (obj.closing) return; // CLOSE already read: the kernel cancels this READ
+    this.cache.touch(obj.volume, obj.cookie);
     if (obj.kind === 'blob') this.st.blob_reads++;
     else this.st.bootstrap_reads++;
     this.st.reads_in_flight++;
@@ -747,6 +784,7 @@ export class CachefilesFrontend implements KernelFrontend {
     this.countObjects();
     this.log('debug', `cachefiles: CLOSE object ${obj.id} (erofs,${obj.volume}/${obj.cookie})`);
     await this.release(obj);
+    this.cache.closed(obj.volume, obj.cookie);
   }
 
   /** Close an object: wait for its READs in flight (they use its fd), then its session and fd. */
@@ -808,6 +846,7 @@ export class CachefilesFrontend implements KernelFrontend {
       this.objects.clear();
       this.countObjects();
       await Promise.allSettled(objs.map((o) => this.release(o)));
+      this.cache.close();
       if (this.wake) {
         this.closeFd(this.wake[0]);
         this.closeFd(this.wake[1]);

@@ -29,6 +29,7 @@ import { mountPoints } from '../sys/mount-table';
 import type { BlobSession, FrontendMount, ImageSource, KernelFrontend, PrefetchHandle, RegisteredImage } from '../daemon/interfaces';
 import { LatencyHistogram } from '../daemon/blob-session';
 import { BlobCacheFile, CacheFileLog, PAGE } from './blob-cache-file';
+import { FanotifyCacheSpace } from './fanotify-cache';
 import {
   FanotifyCacheLayout, cacheLayout, denyStaleEvents, respond, EVENT_FD_LIMIT, FAN_ALLOW, FAN_CLOSE_WRITE, FAN_DENY, FAN_MODIFY,
 } from './fanotify-group';
@@ -136,9 +137,20 @@ export class FanotifyFrontend implements KernelFrontend {
   private readonly hist = new LatencyHistogram();
   private readonly st = { events: 0, fast_path: 0, slow_path: 0, denials: 0, unknown_files: 0, queue_overflows: 0, stale_events_denied: 0 };
 
+  /** usage, GC and culling of the cache dir (fanotify-cache.ts) */
+  readonly cache: FanotifyCacheSpace;
+
   constructor(private readonly opts: FanotifyFrontendOptions) {
     this.layout = cacheLayout(opts.cacheDir);
     this.log = opts.log ?? (() => undefined);
+    this.cache = new FanotifyCacheSpace({
+      dir: this.layout.dir, open: () => this.blobs.values(), log: this.log,
+      // a complete blob raises no events: switch them back on before any of its bits is cleared
+      beforeEvict: (id) => {
+        const b = this.blobs.get(id);
+        if (b?.done) this.unmarkDone(b);
+      },
+    });
   }
 
   async start(images: ImageSource): Promise<void> {
@@ -233,6 +245,7 @@ export class FanotifyFrontend implements KernelFrontend {
     this.blobs.set(blobId, b);
     this.byKey.set(b.key, b);
     this.bySlot.set(b.slot, b);
+    this.cache.opened(b);
     file.onComplete = () => this.markDone(b);
     if (file.complete) this.markDone(b);
     session.prepare?.(); // the chunk index (from the work dir when cached): first reads wait only for chunks
@@ -242,6 +255,7 @@ export class FanotifyFrontend implements KernelFrontend {
 
   private async release(b: OpenBlob): Promise<void> {
     if (--b.refs > 0) return;
+    this.cache.closing(b);
     this.blobs.delete(b.id);
     this.byKey.delete(b.key);
     this.bySlot.delete(b.slot);
@@ -316,6 +330,7 @@ export class FanotifyFrontend implements KernelFrontend {
             b.c.events++;
             b.c.fast_path++;
             b.hist.add(ms);
+            this.cache.touch(b.id, (m as { off?: number[] }).off?.[i] ?? -1, (m as { cnt?: number[] }).cnt?.[i] ?? -1);
           }
         }
         break;
@@ -347,6 +362,7 @@ export class FanotifyFrontend implements KernelFrontend {
         throw new NydusError('ERR_DAEMON', `a read of ${this.describeFd(ev.fd)}, which is not an open blob cache file`);
       }
       b.c.events++;
+      this.cache.touch(b.id, ev.offset, ev.count);
       if (ev.offset < 0 || ev.count < 0) throw new NydusError('ERR_KERNEL', 'a pre-content event without a range record');
       const a = ev.offset - (ev.offset % PAGE);
       const e = Math.min(ev.offset + ev.count, b.file.size);
@@ -556,6 +572,7 @@ export class FanotifyFrontend implements KernelFrontend {
       b.refs = 1;
       await this.release(b);
     }
+    this.cache.close();
     this.port?.close();
     if (this.wake) for (const fd of this.wake) fs.closeSync(fd);
   }

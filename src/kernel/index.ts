@@ -9,6 +9,7 @@ import type { FrontendMount, KernelFrontend } from '../daemon/interfaces';
 import { NydusError } from '../errors';
 import { CACHEFILES_DEVICE, CachefilesFrontend, openCachefilesDevice } from './cachefiles';
 import { openFanotifyCache } from './fanotify-group';
+import type { CachefilesLimits } from './cachefiles-cache';
 import { FanotifyFrontend } from './fanotify';
 
 export type FrontendKind = 'fscache' | 'fanotify';
@@ -29,9 +30,9 @@ type Log = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, ctx?: Recor
  * mode, else fanotify where the kernel has pre-content events; otherwise an error naming what
  * each lacks.
  */
-export function openKernelHandle(choice: FrontendChoice, cacheDir: string, opts: { tag?: string; log?: Log } = {}): KernelHandle {
+export function openKernelHandle(choice: FrontendChoice, cacheDir: string, opts: { tag?: string; log?: Log; limits?: CachefilesLimits } = {}): KernelHandle {
   const fscache = (): KernelHandle => {
-    const fd = openCachefilesDevice({ dir: cacheDir, tag: opts.tag });
+    const fd = openCachefilesDevice({ dir: cacheDir, tag: opts.tag, limits: opts.limits });
     return { kind: 'fscache', fds: [fd], close: () => fs.closeSync(fd) };
   };
   const fanotify = (): KernelHandle => {
