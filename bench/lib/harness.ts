@@ -147,9 +147,22 @@ export type Parsed<S extends Spec> = { [K in keyof S]: S[K] extends Opt<infer T>
 export function optionHelp(spec: Spec): string {
   const lefts = Object.values(spec).map((o) => `  ${o.flag}${o.metavar ? ` ${o.metavar}` : ''}`);
   const w = Math.min(30, Math.max(...lefts.map((l) => l.length)) + 2);
+  // help wrapped to 100 columns, continuation lines under the first
+  const wrap = (text: string): string[] => {
+    const lines: string[] = [];
+    let cur = '';
+    for (const word of text.split(/\s+/)) {
+      if (cur && w + cur.length + 1 + word.length > 100) {
+        lines.push(cur);
+        cur = word;
+      } else cur = cur ? `${cur} ${word}` : word;
+    }
+    return [...lines, cur];
+  };
   return Object.values(spec).map((o, i) => {
     const left = lefts[i];
-    return left.length >= w ? `${left}\n${' '.repeat(w)}${o.help}` : `${left.padEnd(w)}${o.help}`;
+    const body = wrap(o.help).map((l, j) => (j === 0 && left.length < w ? `${left.padEnd(w)}${l}` : `${' '.repeat(w)}${l}`));
+    return (left.length >= w ? [left, ...body] : body).join('\n');
   }).join('\n');
 }
 

@@ -242,6 +242,9 @@ export function addDaemonCommands(program: Command): void {
     .option('--gc-interval <secs>', 'remove the cached data of blobs no registered image references every N seconds (default 600; 0: never periodically)')
     .option('--gc-grace <secs>', 'automatic GCs keep the data of an unreferenced blob read less than N seconds ago (default 600; `cache gc` does not wait)')
     .option('--no-gc-on-unregister', 'no automatic GC after an image is unregistered (or its last mount goes)')
+    .option('--scrub-interval <secs>', 'scrub the cache every N seconds in the background: re-read cached chunks, verify their digests, evict damaged ones (default 0: off; config "scrub": {"interval_secs": N})')
+    .option('--scrub-rate <MB/s>', 'read rate of the background scrub in MB/s (default 10; 0: unlimited)')
+    .option('--metrics-listen <addr>', 'also serve Prometheus metrics (GET /metrics) on this loopback TCP address, e.g. 127.0.0.1:9110 (non-loopback addresses are refused)')
     .addOption(new Option('--serve-child').hideHelp())
     .addOption(new Option('--restore').hideHelp());
   d.action(async (o) => {
@@ -259,14 +262,16 @@ export function addDaemonCommands(program: Command): void {
     const logFn = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, ctx?: Record<string, unknown>): void => log[level](msg, ctx);
     const { resolveCacheConfig, readCacheSection } = await import('../daemon/cache-config');
     const cacheConfig = resolveCacheConfig(o.config ? readCacheSection(o.config) : undefined, o);
+    const scrubConfig = (await import('../daemon/scrub-config')).resolveScrubConfig(o.config, o);
     if (!o.serveChild) {
       const { runSupervisor } = await import('../daemon/supervisor');
+      const metricsListen = o.metricsListen !== undefined ? (await import('../daemon/metrics-listener')).parseMetricsListen(o.metricsListen) : undefined;
       const { openKernelHandle } = await import('../kernel/index');
       const { limitsForWatermarks } = await import('../kernel/cachefiles-cache');
       const childArgs = process.argv.slice(2);
       const initialEntries = o.config ? (await import('../daemon/daemon')).readConfigEntries(o.config) : [];
       await runSupervisor({
-        apiSock: path.resolve(o.apisock), childArgs, cliPath: path.join(__dirname, 'main.js'), log, initialEntries,
+        apiSock: path.resolve(o.apisock), childArgs, cliPath: path.join(__dirname, 'main.js'), log, initialEntries, metricsListen,
         openKernel: () => openKernelHandle(choice, cacheDir, { tag: o.fscacheTag, log: logFn, limits: limitsForWatermarks(cacheConfig.space, cacheConfig.files) }),
       });
       await new Promise(() => undefined); // the supervisor runs until a signal
@@ -287,13 +292,14 @@ export function addDaemonCommands(program: Command): void {
     });
     const daemon = new Daemon({
       frontend, cacheDir, threads: o.fscacheThreads, apiSock: path.resolve(o.apisock),
-      externalConnections: true, id: o.id, supervisor: o.supervisor, log, cache: cacheConfig,
+      externalConnections: true, id: o.id, supervisor: o.supervisor, log, cache: cacheConfig, scrub: scrubConfig,
       initialEntries: init.entries,
       onRegistrationsChanged: (entries) => process.send?.({ type: 'registrations', entries }),
       requestExit: () => process.send?.({ type: 'exit' }),
     });
     process.on('message', (m: { type: string }, handle: unknown) => {
       if (m.type === 'conn' && handle) daemon.acceptConnection(handle as Socket);
+      if (m.type === 'metrics-conn' && handle) daemon.acceptMetricsConnection(handle as Socket);
     });
     await daemon.run();
     process.send?.({ type: 'ready' });

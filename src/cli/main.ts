@@ -14,6 +14,7 @@ import { addDaemonCommands } from './daemon-commands';
 import { addOciCommands } from './oci-commands';
 import { addSnapshotterCommands } from './snapshotter-commands';
 import { addCacheCommands } from './cache-commands';
+import { addScrubCommand } from './scrub-command';
 
 // Start-up loads only commander and the light modules above: each command's implementation is
 // imported inside its action (`await import(…)`, a lazy require), so `--version`, `--help` and
@@ -220,7 +221,7 @@ export function buildProgram(): Command {
   addSnapshotterCommands(program);
   // `cache usage|gc` (cache-commands.ts); further `cache` subcommands attach to this group
   const cache = addCacheCommands(program);
-  void cache;
+  addScrubCommand(cache);
   return program;
 }
 

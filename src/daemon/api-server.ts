@@ -24,6 +24,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { NydusError } from '../errors';
 import { NormalizedEntry, parseBlobCacheEntry } from './config';
+import { PROMETHEUS_CONTENT_TYPE } from './prometheus';
 
 export type DaemonStateName = 'INIT' | 'READY' | 'RUNNING' | 'STOPPED' | 'UNKNOWN';
 
@@ -74,6 +75,18 @@ export interface DaemonController {
   cacheGc?(dryRun: boolean): Promise<unknown>;
   /** optional: `POST /api/v1/cache/cull`: a culling pass now; without it, 501 */
   cacheCull?(): Promise<unknown>;
+  /** optional: `GET /metrics`, `GET /api/v1/metrics/prometheus`: Prometheus text (format 0.0.4). Without it, 404. */
+  prometheus?(): string;
+  /**
+   * optional: `/api/v1/cache/scrub` — `POST [?image=ID&rate=BYTES_PER_SEC]` starts a scrub and
+   * returns its report so far, `GET` the running or last report, `DELETE` cancels. Without it, 501.
+   */
+  scrub?(action: 'start' | 'status' | 'cancel', req?: { image?: string; rateBytes?: number }): Promise<unknown>;
+}
+
+/** A handler result sent as it is, not as JSON (the Prometheus text). */
+export class RawBody {
+  constructor(readonly contentType: string, readonly data: string) {}
 }
 
 export interface ApiLogger {
@@ -519,16 +532,21 @@ export class ApiServer {
         return undefined;
       },
     });
-    this.route('/api/v1/cache/usage', { GET: () => (c.cacheUsage ? c.cacheUsage() : unsupported()) });
-    this.route('/api/v1/cache/gc', {
-      POST: (ctx) => {
-        const d = ctx.query.get('dry_run');
-        if (d !== null && !['true', 'false', '1', '0', ''].includes(d)) throw new RouteError(400, `bad request: dry_run=${JSON.stringify(d)} must be true or false`);
-        return c.cacheGc ? c.cacheGc(d === 'true' || d === '1' || d === '') : unsupported();
-      },
-    });
-    this.route('/api/v1/cache/cull', { POST: () => (c.cacheCull ? c.cacheCull() : unsupported()) });
     this.route('/api/v1/config', { GET: unsupported, PUT: unsupported });
+    const prometheus: Handler = () => {
+      if (!c.prometheus) throw new RouteError(404, 'metrics: no Prometheus exposition');
+      return new RawBody(PROMETHEUS_CONTENT_TYPE, c.prometheus());
+    };
+    this.route('/metrics', { GET: prometheus });
+    this.route('/api/v1/metrics/prometheus', { GET: prometheus });
+    const scrub = (action: 'start' | 'status' | 'cancel'): Handler => async (ctx) => {
+      if (!c.scrub) unsupported();
+      const image = queryId(ctx.query, 'image');
+      const rate = ctx.query.get('rate');
+      if (rate !== null && !/^\d+(\.\d+)?$/.test(rate)) throw new RouteError(400, `bad request: rate=${JSON.stringify(rate)} must be a number of bytes per second (0 = unlimited)`);
+      return c.scrub!(action, { image, rateBytes: rate === null ? undefined : Number(rate) });
+    };
+    this.route('/api/v1/cache/scrub', { POST: scrub('start'), GET: scrub('status'), DELETE: scrub('cancel') });
   }
 
   // ----------------------------------------------------------------------------------------------
@@ -559,6 +577,12 @@ export class ApiServer {
       const out = await handler(ctx);
       // an unread body is discarded by node:http after the response (keep-alive is preserved)
       status = out === undefined ? 204 : 200;
+      if (out instanceof RawBody) {
+        const data = Buffer.from(out.data);
+        res.writeHead(200, { 'Content-Type': out.contentType, Server: SERVER_HEADER, 'Content-Length': data.length });
+        res.end(data);
+        return;
+      }
       this.send(res, status, out);
     } catch (e) {
       const err = this.toHttpError(e);

@@ -36,6 +36,7 @@ import { digest, digestReady } from '../codec/digest';
 import { alignedBuffer } from '../sys/native';
 import { BlobBackend, BlobMetrics, BlobSession, CacheWriter } from './interfaces';
 import { BackendGate } from './backend-gate';
+import { backendErrorKind } from './backend-errors';
 import { PrefetchCounters, PrefetchJob, PrefetchJobOptions, PrefetchTarget, newPrefetchCounters } from './prefetch';
 import { BadBlobError, DigestMismatchError, NydusError } from '../errors';
 import type { CompressorName, DigesterName } from '../format/constants';
@@ -94,11 +95,14 @@ export class LatencyHistogram {
   private static readonly SUB = 8;
   private readonly buckets = new Float64Array(31 * LatencyHistogram.SUB);
   count = 0;
+  /** summed latency (Prometheus histograms report it) */
+  sumMs = 0;
   minMs = Infinity;
   maxMs = 0;
 
   add(ms: number): void {
     this.count++;
+    this.sumMs += ms;
     if (ms < this.minMs) this.minMs = ms;
     if (ms > this.maxMs) this.maxMs = ms;
     const us = Math.max(1, ms * 1000);
@@ -122,13 +126,13 @@ export class LatencyHistogram {
     return this.maxMs;
   }
 
-  toJSON(): { count: number; min_ms: number; p50_ms: number; p90_ms: number; p99_ms: number; max_ms: number; buckets_ms: Record<string, number> } {
+  toJSON(): { count: number; sum_ms: number; min_ms: number; p50_ms: number; p90_ms: number; p99_ms: number; max_ms: number; buckets_ms: Record<string, number> } {
     const buckets: Record<string, number> = {};
     this.buckets.forEach((n, i) => {
       if (n) buckets[LatencyHistogram.upper(i).toPrecision(3)] = n;
     });
     return {
-      count: this.count, min_ms: this.count ? this.minMs : 0, p50_ms: this.quantile(0.5), p90_ms: this.quantile(0.9),
+      count: this.count, sum_ms: this.sumMs, min_ms: this.count ? this.minMs : 0, p50_ms: this.quantile(0.5), p90_ms: this.quantile(0.9),
       p99_ms: this.quantile(0.99), max_ms: this.maxMs, buckets_ms: buckets,
     };
   }
@@ -337,7 +341,7 @@ export class ChunkedBlobSession implements BlobSession, PrefetchTarget {
     this.writeBatch = Math.max(alignUp(entry.chunkSize || PAGE), alignUp(opts.writeBatch ?? envNumber('NYDUS_TS_WRITE_BATCH') ?? 1 << 20));
     this.m = {
       blob_id: entry.blobId, backend_bytes: 0, backend_requests: 0, chunks_fetched: 0, chunks_verified: 0,
-      digest_failures: 0, reads: 0, read_bytes: 0, read_latency_ms_total: 0, read_latency_ms_max: 0,
+      digest_failures: 0, backend_errors: 0, backend_errors_by_kind: {}, backend_kind: backend.kind, reads: 0, read_bytes: 0, read_latency_ms_total: 0, read_latency_ms_max: 0,
       chunks_ready: 0, chunk_count: entry.chunkCount,
     };
   }
@@ -350,7 +354,10 @@ export class ChunkedBlobSession implements BlobSession, PrefetchTarget {
       const fromBackend = async (off: number, len: number): Promise<Buffer> => {
         this.m.backend_requests++;
         this.m.backend_bytes += len;
-        const raw = await this.backend.readRange(this.blobId, off, len);
+        const raw = await this.backend.readRange(this.blobId, off, len).catch((e) => {
+          this.countBackendError(e);
+          throw e;
+        });
         await this.storeMetaCache(raw);
         return raw;
       };
@@ -423,6 +430,18 @@ export class ChunkedBlobSession implements BlobSession, PrefetchTarget {
       await fs.promises.rm(tmp, { force: true }).catch(() => undefined);
       this.opts.log?.('warn', `blob ${this.blobId}: cannot keep the chunk index in ${file}: ${(e as Error).message}`);
     }
+  }
+
+  private countBackendError(e: unknown): void {
+    const kind = backendErrorKind(e);
+    const byKind = (this.m.backend_errors_by_kind ??= {});
+    this.m.backend_errors = (this.m.backend_errors ?? 0) + 1;
+    byKind[kind] = (byKind[kind] ?? 0) + 1;
+  }
+
+  /** scrub: the digest chunk `i` must have (undefined when the bootstrap records none) */
+  expectedDigest(i: number): Buffer | undefined {
+    return this.digests.get(i);
   }
 
   prepare(): void {
@@ -599,6 +618,7 @@ export class ChunkedBlobSession implements BlobSession, PrefetchTarget {
     } catch (e) {
       release?.();
       scratch.release(rawBuf);
+      this.countBackendError(e);
       if (!this.closed) this.opts.log?.('error', `blob ${this.blobId}: backend read ${start}+${endOff - start} failed: ${(e as Error).message}`, { blobId: this.blobId });
       for (const d of defs) d.reject(e as Error);
       return;

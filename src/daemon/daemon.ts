@@ -19,6 +19,10 @@ import { ApiServer, DaemonController } from './api-server';
 import { NormalizedEntry, parseBlobCacheEntry } from './config';
 import { Logger } from './log';
 import { VERSION } from '../version';
+import { SessionTotals } from './metrics-totals';
+import { ScrubManager } from './scrub';
+import { renderPrometheus } from './prometheus';
+import { MetricsHttpServer } from './metrics-listener';
 import { CacheManager, hasCache } from './cache-manager';
 import { CacheLifecycleConfig, DEFAULT_CACHE_CONFIG } from './cache-config';
 
@@ -42,6 +46,8 @@ export interface DaemonOptions {
   onRegistrationsChanged?: (entries: unknown[]) => void;
   /** registrations to restore before serving (failover) */
   initialEntries?: unknown[];
+  /** periodic background scrub (scrub.ts); off when absent */
+  scrub?: { intervalMs: number; rateBytes: number };
   /** automatic GC and culling under disk pressure (cache-config.ts; default DEFAULT_CACHE_CONFIG) */
   cache?: CacheLifecycleConfig;
 }
@@ -73,11 +79,16 @@ export class Daemon implements DaemonController {
   private pool?: ChunkPool;
   private readonly entries = new Map<string, unknown>();
   private readonly eventLog: unknown[] = [];
+  /** counters of closed sessions, for monotonic daemon-wide totals (metrics-totals.ts) */
+  private readonly totals = new SessionTotals();
+  private scrubber?: ScrubManager;
+  private metricsHttp?: MetricsHttpServer;
   /** usage, GC and culling of the cache dir (cache-manager.ts) */
   private readonly cacheMgr?: CacheManager;
 
   constructor(private readonly opts: DaemonOptions) {
     this.registry = new ImageRegistry({ log: (level, msg, ctx) => opts.log[level](msg, ctx) });
+    this.registry.onSessionClosed = (m) => this.totals.retire(m);
     this.frontend = opts.frontend;
     const f = opts.frontend;
     if (hasCache(f)) {
@@ -100,6 +111,10 @@ export class Daemon implements DaemonController {
       }
     }
     await this.frontend.start(this.registry);
+    this.scrubber = new ScrubManager({
+      frontend: this.frontend, log: (level, msg, ctx) => this.opts.log[level](msg, ctx), periodic: this.opts.scrub,
+      blobsOf: (image) => this.scrubBlobs(image),
+    });
     this.cacheMgr?.start();
     this.state = 'RUNNING';
     // With a supervisor, an unbound server: connections arrive through acceptConnection().
@@ -107,6 +122,12 @@ export class Daemon implements DaemonController {
     this.api = new ApiServer(this, { socketPath: this.opts.apiSock, server, log: this.opts.log, version: { package_ver: VERSION } });
     await this.api.listen();
     this.opts.log.info(`serving: ${this.frontend.kind} front end, cache dir ${this.opts.cacheDir}, API ${this.opts.apiSock}`);
+  }
+
+  /** serve a `--metrics-listen` connection accepted by the supervisor: GET /metrics only */
+  acceptMetricsConnection(socket: net.Socket): void {
+    this.metricsHttp ??= new MetricsHttpServer(() => this.prometheus());
+    this.metricsHttp.acceptConnection(socket);
   }
 
   /** serve an API connection accepted by the supervisor */
@@ -191,6 +212,34 @@ export class Daemon implements DaemonController {
     return this.frontend.mounts?.() ?? [];
   }
 
+  /** The blobs of one registered image (any domain), or of all, with the fscache volumes holding each. */
+  private scrubBlobs(image?: string): Array<{ blobId: string; volumes: string[] }> {
+    const images = this.registry.list().filter((i) => image === undefined || i.id === image);
+    if (image !== undefined && !images.length) throw new NydusError('ERR_NOT_FOUND', `no registered image ${image}`, { id: image, httpStatus: 404 });
+    const volumes = new Map<string, string[]>();
+    for (const i of images) {
+      for (const b of i.blobIds) {
+        if (!volumes.has(b)) volumes.set(b, []);
+        volumes.get(b)!.push(ImageRegistry.volumeOf(i.id, i.domainId));
+      }
+    }
+    return [...volumes].map(([blobId, v]) => ({ blobId, volumes: v }));
+  }
+
+  /** `/api/v1/cache/scrub`: start one (its report so far), the running or last report, or cancel (scrub.ts). */
+  async scrub(action: 'start' | 'status' | 'cancel', req: { image?: string; rateBytes?: number } = {}): Promise<unknown> {
+    const s = this.scrubber;
+    if (!s) throw new NydusError('ERR_DAEMON', 'the daemon is not serving yet', { httpStatus: 503 });
+    if (action === 'start') return s.start({ ...req, trigger: 'api' });
+    if (action === 'cancel' && !(await s.cancel())) throw new NydusError('ERR_NOT_FOUND', 'no scrub is running', { httpStatus: 404 });
+    return s.status();
+  }
+
+  /** Prometheus text exposition of metrics() (prometheus.ts). */
+  prometheus(): string {
+    return renderPrometheus(this.metrics() as Record<string, unknown>);
+  }
+
   /** API `PUT /api/v1/daemon/start`: Ready → Running (we serve from the start). */
   async start(): Promise<void> {
     this.state = 'RUNNING';
@@ -231,6 +280,9 @@ export class Daemon implements DaemonController {
       blobs: blobs.map((m) => ({ ...m, ...this.frontend.blobStats?.(m.blob_id) })),
       mounts: this.mounts(),
       frontend: this.frontend.stats(),
+      // daemon-wide, closed sessions included (monotonic: the Prometheus counters come from here)
+      totals: this.totals.snapshot(sessions),
+      scrub: this.scrubber?.stats(),
       cache: this.cacheMgr?.metrics(),
       prefetch: prefetchTotals(blobs, this.registry.gateStats()),
     };
@@ -242,10 +294,12 @@ export class Daemon implements DaemonController {
 
   /** Stop: the front end first (it unmounts; a busy mount throws and everything keeps serving). */
   async stop(): Promise<void> {
+    await this.scrubber?.close();
     this.cacheMgr?.stop();
     await this.frontend.stop();
     this.state = 'STOPPED';
     await this.api?.close();
+    this.metricsHttp?.close();
     for (const s of this.registry.openSessions()) await s.close();
     await this.pool?.close();
   }

@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { readBootstrapTables, RafsBootstrapTables } from '../format/bootstrap-reader';
-import { BlobBackend, BlobSession, CacheWriter, ImageSource, ObjectLookup, PrefetchHandle, RegisteredImage } from './interfaces';
+import { BlobBackend, BlobMetrics, BlobSession, CacheWriter, ImageSource, ObjectLookup, PrefetchHandle, RegisteredImage } from './interfaces';
 import type { BlobEntry } from '../format/layout';
 import { ChunkedBlobSession, BlobSessionOptions } from './blob-session';
 import { BackendGate } from './backend-gate';
@@ -53,6 +53,9 @@ export class ImageRegistry implements ImageSource {
   private readonly sessions = new Map<BlobSession, BlobBackend>();
   /** request slots per backend: prefetch yields to reads on the same connections */
   private readonly gates = new Map<BlobBackend, BackendGate>();
+
+  /** a session closed, with its final counters (the daemon keeps totals: metrics-totals.ts) */
+  onSessionClosed?: (m: BlobMetrics) => void;
 
   constructor(private readonly sessionDefaults: Pick<BlobSessionOptions, 'pool' | 'log'> = {}) {}
 
@@ -215,6 +218,7 @@ export class ImageRegistry implements ImageSource {
     s.close = async () => {
       const wasOpen = this.sessions.delete(s);
       await close();
+      if (wasOpen) this.onSessionClosed?.(s.metrics());
       if (wasOpen) this.closeIfUnused(backend);
     };
     return s;

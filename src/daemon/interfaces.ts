@@ -3,7 +3,7 @@
  * ends (fscache on-demand and fanotify pre-content, in src/kernel/) and the HTTP API. The core never
  * touches a kernel interface; a front end hands it a CacheWriter and asks for byte ranges.
  */
-import type { BlobEntry } from '../format/layout';
+import type { BlobChunk, BlobEntry } from '../format/layout';
 
 /** Where verified, uncompressed blob bytes go (the fscache cache file, a sparse store file …). */
 export interface CacheWriter {
@@ -36,6 +36,11 @@ export interface BlobMetrics {
   chunks_fetched: number;
   chunks_verified: number;
   digest_failures: number;
+  /** failed backend requests, and by kind (http_4xx, http_5xx, timeout, network, not_found, other) */
+  backend_errors?: number;
+  backend_errors_by_kind?: Record<string, number>;
+  /** the backend's type (localfs, registry, …) */
+  backend_kind?: string;
   /** read requests (READ / range asks) served, and their latency */
   reads: number;
   read_bytes: number;
@@ -71,6 +76,9 @@ export interface BlobSession {
    * cache file): chunks overlapping it are no longer ready, so the next ensure() fetches them.
    */
   forget?(offset: number, length: number): void;
+  /** scrub (src/daemon/scrub.ts): the blob's chunks and the digest each must have (undefined: none recorded) */
+  chunkIndex?(): Promise<BlobChunk[]>;
+  expectedDigest?(chunkIndex: number): Buffer | undefined;
   metrics(): BlobMetrics;
   close(): Promise<void>;
 }
@@ -153,6 +161,12 @@ export interface KernelFrontend {
   mounts?(): FrontendMount[];
   /** Drop a blob's cached data that no image uses. */
   cull?(blobId: string): Promise<unknown>;
+  /**
+   * Scrub (src/daemon/scrub.ts): the cache files of these blobs (`volumes`: the fscache volumes
+   * of the registered images holding each), held open until released; the ones that cannot be
+   * scrubbed come back with the reason.
+   */
+  scrubTargets?(blobs: Array<{ blobId: string; volumes: string[] }>): Promise<{ targets: ScrubTarget[]; skipped: Array<{ blob_id: string; reason: string }> }>;
   /** the cache dir's objects, for usage, GC and culling (src/daemon/cache-manager.ts) */
   readonly cache?: FrontendCache;
   /** Stop serving; with mounts the daemon made, they are unmounted first (busy → error). */

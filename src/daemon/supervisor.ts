@@ -15,6 +15,7 @@ import * as net from 'node:net';
 import { fork, ChildProcess } from 'node:child_process';
 import { Logger } from './log';
 import { listenUnixSocket } from './api-server';
+import { MetricsAddress, listenMetricsTcp } from './metrics-listener';
 
 /** The kernel side as the supervisor holds it (src/kernel/index.ts openKernelHandle). */
 export interface SupervisedHandle {
@@ -33,6 +34,8 @@ export interface SupervisorOptions {
   log: Logger;
   /** registrations from --config, applied by the first child */
   initialEntries?: unknown[];
+  /** `--metrics-listen`: a loopback TCP port for Prometheus (metrics-listener.ts) */
+  metricsListen?: MetricsAddress;
 }
 
 export interface ChildMessage {
@@ -68,10 +71,13 @@ export async function listenApiSocket(sock: string): Promise<net.Server> {
 export async function runSupervisor(opts: SupervisorOptions): Promise<void> {
   const log = opts.log;
   const api = await listenApiSocket(opts.apiSock);
+  let metrics: net.Server | undefined;
   let handle: SupervisedHandle;
   try {
+    if (opts.metricsListen) metrics = await listenMetricsTcp(opts.metricsListen);
     handle = opts.openKernel();
   } catch (e) {
+    metrics?.close();
     api.close();
     fs.rmSync(opts.apiSock, { force: true });
     throw e;
@@ -92,8 +98,16 @@ export async function runSupervisor(opts: SupervisorOptions): Promise<void> {
     else waiting.push(sock);
   };
   api.on('connection', handOver);
+  // metrics connections go to the current child too; without one they are dropped (a scrape retries)
+  metrics?.on('connection', (sock: net.Socket) => {
+    const c = readyChild;
+    if (c && c.connected) c.send({ type: 'metrics-conn' }, sock, {}, (err) => err && sock.destroy());
+    else sock.destroy();
+  });
+  if (metrics) log.info(`Prometheus metrics on http://${opts.metricsListen!.host.includes(':') ? `[${opts.metricsListen!.host}]` : opts.metricsListen!.host}:${opts.metricsListen!.port}/metrics`);
 
   const finish = (): void => {
+    metrics?.close();
     api.close();
     fs.rmSync(opts.apiSock, { force: true });
     handle.close();

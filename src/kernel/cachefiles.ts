@@ -24,7 +24,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { NydusError } from '../errors';
-import { BlobSession, KernelFrontend, ObjectLookup, ObjectResolver } from '../daemon/interfaces';
+import { BlobSession, ImageSource, KernelFrontend, ObjectLookup, ObjectResolver, ScrubTarget } from '../daemon/interfaces';
+import { LatencyHistogram } from '../daemon/blob-session';
 import { AnonFdWriter, AlignedBufferPool } from './cache-writer';
 import { fsTypeOf } from './fanotify-group';
 import { errnoName, errnoOf, ioctl, pipe2, poll, setCloexec, O_CLOEXEC, O_NONBLOCK, POLLIN, POLLOUT, POLLNVAL, POLLERR, POLLHUP } from '../sys/native';
@@ -425,6 +426,8 @@ export interface CachefilesStats {
   read_sizes: Record<string, number>;
   bad_messages: number;
   read_errors: number;
+  /** READ latency, arrival to completion */
+  read_latency?: ReturnType<LatencyHistogram['toJSON']>;
 }
 
 interface CacheObject {
@@ -472,6 +475,7 @@ export class CachefilesFrontend implements KernelFrontend {
     reads: 0, bootstrap_reads: 0, blob_reads: 0, reads_in_flight: 0, reads_completed: 0, reads_failed: 0, read_bytes: 0,
     read_sizes: {}, bad_messages: 0, read_errors: 0,
   };
+  private readonly readHist = new LatencyHistogram();
 
   private constructor(
     private readonly devFd: number,
@@ -741,6 +745,7 @@ export class CachefilesFrontend implements KernelFrontend {
     if (obj.kind === 'blob') this.st.blob_reads++;
     else this.st.bootstrap_reads++;
     this.st.reads_in_flight++;
+    const t0 = performance.now();
     const p = (async () => {
       let ok = false;
       try {
@@ -758,6 +763,7 @@ export class CachefilesFrontend implements KernelFrontend {
           { [obj.kind === 'blob' ? 'blobId' : 'fsid']: obj.cookie, off, length, msgId });
       } finally {
         this.st.reads_in_flight--;
+        this.readHist.add(performance.now() - t0);
         if (ok) this.st.reads_completed++;
         else this.st.reads_failed++;
         if (!obj.writer.isClosed) {
@@ -809,7 +815,20 @@ export class CachefilesFrontend implements KernelFrontend {
   }
 
   stats(): CachefilesStats {
-    return { ...this.st, read_sizes: { ...this.st.read_sizes } };
+    return { ...this.st, read_sizes: { ...this.st.read_sizes }, read_latency: this.readHist.toJSON() };
+  }
+
+  /** Scrub (src/daemon/scrub.ts): the backing files of these blobs in the cache dir (cachefiles-scrub.ts). */
+  async scrubTargets(blobs: Array<{ blobId: string; volumes: string[] }>): Promise<{ targets: ScrubTarget[]; skipped: Array<{ blob_id: string; reason: string }> }> {
+    const { cachefilesScrubTargets } = await import('./cachefiles-scrub');
+    const images = this.resolver as Partial<ImageSource> | undefined;
+    return cachefilesScrubTargets(blobs, {
+      cacheRoot: path.join(fs.realpathSync(this.opts.dir), 'cache'),
+      openObjects: (volume, cookie) => [...this.objects.values()]
+        .filter((o) => o.kind === 'blob' && !o.closing && o.session && o.volume === volume && o.cookie === cookie)
+        .map((o) => ({ fd: o.fd, session: o.session! })),
+      openBlob: images?.openBlob ? (id, w) => images.openBlob!(id, w) : undefined,
+    });
   }
 
   /**

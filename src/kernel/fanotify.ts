@@ -26,7 +26,7 @@ import * as path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { NydusError } from '../errors';
 import { mountPoints } from '../sys/mount-table';
-import type { BlobSession, FrontendMount, ImageSource, KernelFrontend, PrefetchHandle, RegisteredImage } from '../daemon/interfaces';
+import type { BlobSession, FrontendMount, ImageSource, KernelFrontend, PrefetchHandle, RegisteredImage, ScrubTarget } from '../daemon/interfaces';
 import { LatencyHistogram } from '../daemon/blob-session';
 import { BlobCacheFile, CacheFileLog, PAGE } from './blob-cache-file';
 import { FanotifyCacheSpace } from './fanotify-cache';
@@ -521,6 +521,44 @@ export class FanotifyFrontend implements KernelFrontend {
       if (h) handles.push(h);
     }
     if (handles.length) this.prefetches.set(mnt, handles);
+  }
+
+  // -------------------------------------------------------------------- scrub
+
+  /**
+   * Scrub (src/daemon/scrub.ts) reads the cache files through the unmarked store path. A blob
+   * not mounted is opened for the scrub (and so shares its file and session with a mount made
+   * meanwhile); one without a cache file has nothing to check.
+   */
+  async scrubTargets(blobs: Array<{ blobId: string }>): Promise<{ targets: ScrubTarget[]; skipped: Array<{ blob_id: string; reason: string }> }> {
+    const targets: ScrubTarget[] = [];
+    const skipped: Array<{ blob_id: string; reason: string }> = [];
+    for (const { blobId } of blobs) {
+      if (!this.blobs.has(blobId) && !fs.existsSync(path.join(this.layout.blobs, blobId))) {
+        skipped.push({ blob_id: blobId, reason: 'nothing cached (no cache file)' });
+        continue;
+      }
+      let b: OpenBlob;
+      try {
+        b = this.acquire(blobId);
+      } catch (e) {
+        skipped.push({ blob_id: blobId, reason: errMsg(e) });
+        continue;
+      }
+      targets.push({
+        blobId, path: b.file.path, session: b.session,
+        present: (x, y) => b.file.covers(x, y),
+        evict: async (x, y) => {
+          // a complete blob raises no events: switch them back on before the range is gone
+          if (b.done) this.unmarkDone(b);
+          const gone = b.file.evict(x, y); // clears the bits at once, punches after the grace period
+          b.session.forget?.(x, y - x);
+          await gone;
+        },
+        release: () => this.release(b),
+      });
+    }
+    return { targets, skipped };
   }
 
   // -------------------------------------------------------------------- metrics, stop

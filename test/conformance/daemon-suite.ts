@@ -10,7 +10,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as crypto from 'node:crypto';
-import { spawn, execFile, ChildProcess } from 'node:child_process';
+import { spawn, execFile, execFileSync, ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { generateTree } from '../../images/tree-gen';
 import { snapshotTree, diffTrees } from '../helpers/tree-compare';
@@ -329,6 +329,122 @@ export function defineDaemonConformance(h: FrontendHarness): SuiteContext {
     }
     assert.equal(((await api.daemonInfo()) as any).state, 'RUNNING');
     assert.ok(fs.readFileSync(path.join(work, 'mnt', 'big', 'f3')).equals(fs.readFileSync(path.join(bigSrc, 'f3'))));
+  });
+
+  test(`[${h.frontend}] scrub: a clean cache has 0 findings; a byte flipped in a cached chunk is found, evicted and fetched again`, async () => {
+    const src = path.join(ctx.work, 'scrub');
+    fs.mkdirSync(src);
+    const victim = crypto.randomBytes(400_000);
+    fs.writeFileSync(path.join(src, 'victim'), victim);
+    fs.writeFileSync(path.join(src, 'other'), crypto.randomBytes(200_000));
+    // uncompressed chunks: the cache file holds the victim's bytes at its chunks' offsets
+    const img = await ctx.build('scrub', src, ['--compressor', 'none', '--chunk-size', '0x10000']);
+    const id = img.report.blobs[0];
+    let mnt = await ctx.mountImage('scrub', img);
+    assert.ok(fs.readFileSync(path.join(mnt, 'victim')).equals(victim));
+    assert.ok(fs.readFileSync(path.join(mnt, 'other')).equals(fs.readFileSync(path.join(src, 'other'))));
+    // fscache links a new cache file into cache/ only when the image is unmounted
+    await ctx.umount(mnt);
+    mnt = await ctx.mountImage('scrub', img);
+    const scrub = async (): Promise<any> => JSON.parse(await ctx.cli(['cache', 'scrub', '-A', ctx.sock, '--image', 'scrub', '--rate', '0', '--json']));
+    const clean = await scrub();
+    const chunkCount = JSON.parse(await ctx.cli(['inspect', img.boot, 'blobs', '--json']))[0].chunk_count;
+    assert.equal(clean.state, 'done', JSON.stringify(clean));
+    assert.deepEqual(clean.findings, []);
+    assert.deepEqual(clean.skipped, []);
+    assert.equal(clean.chunks_verified, chunkCount, JSON.stringify(clean));
+
+    // flip one byte of the victim inside the cache file
+    const cacheFile = h.frontend === 'fanotify'
+      ? path.join(ctx.cacheDir, 'blobs', id)
+      : execFileSync('find', [path.join(ctx.cacheDir, 'cache'), '-name', `D${id}`, '-path', '*Ierofs,scrub*']).toString().trim();
+    assert.ok(cacheFile && fs.existsSync(cacheFile), `cache file of ${id}: ${cacheFile}`);
+    const cached = fs.readFileSync(cacheFile);
+    const at = cached.indexOf(victim.subarray(250_000, 250_064)) + 7;
+    assert.ok(at > 7);
+    const fd = fs.openSync(cacheFile, 'r+');
+    fs.writeSync(fd, Buffer.from([cached[at] ^ 0x5a]), 0, 1, at);
+    fs.closeSync(fd);
+    const chunks: any[] = JSON.parse(await ctx.cli(['inspect', img.boot, 'chunks', '/victim', '--json']));
+    const bad = chunks.find((c) => c.uncompressed_offset <= at && at < c.uncompressed_offset + c.uncompressed_size);
+    assert.ok(bad, `no chunk of /victim holds cache offset ${at}`);
+    const before = await ctx.blobMetrics(id);
+
+    const found = await scrub();
+    assert.equal(found.findings.length, 1, JSON.stringify(found));
+    const f = found.findings[0];
+    assert.equal(f.blob_id, id);
+    assert.equal(f.chunk_index, bad.ci_index);
+    assert.equal(f.offset, bad.uncompressed_offset);
+    assert.equal(f.expected_digest, bad.digest);
+    assert.notEqual(f.actual_digest, bad.digest);
+    assert.equal(f.evicted, true);
+    assert.match(fs.readFileSync(ctx.logFile, 'utf8'), new RegExp(`scrub: blob ${id} chunk ${bad.ci_index} at ${bad.uncompressed_offset}\\+`));
+    const m = (await ctx.api.metrics()) as any;
+    assert.ok(m.scrub.mismatches_total >= 1, JSON.stringify(m.scrub));
+
+    // the page cache may still hold the flipped byte: drop it, then the read goes to the daemon
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+    assert.ok(fs.readFileSync(path.join(mnt, 'victim')).equals(victim), 'the victim reads right after the scrub');
+    const after = await ctx.blobMetrics(id);
+    assert.equal(after.chunks_fetched - before.chunks_fetched, 1, `chunks fetched again: ${JSON.stringify({ before, after })}`);
+    assert.equal(after.backend_bytes - before.backend_bytes, bad.compressed_size);
+    assert.deepEqual((await scrub()).findings, [], 'a second scrub finds nothing');
+    await ctx.umount(mnt);
+  });
+
+  test(`[${h.frontend}] cache usage and gc: an unregistered image's own data goes; a mounted image's data and the blob both share stay`, async () => {
+    const shared = crypto.randomBytes(700_000);
+    const dirs: Record<string, Record<string, Buffer>> = { gs: { shared }, ga: { shared, own_a: crypto.randomBytes(500_000) }, gb: { shared, own_b: crypto.randomBytes(400_000) } };
+    for (const [d, files] of Object.entries(dirs)) {
+      fs.mkdirSync(path.join(ctx.work, d));
+      for (const [n, data] of Object.entries(files)) fs.writeFileSync(path.join(ctx.work, d, n), data);
+    }
+    const is = await ctx.build('gs', path.join(ctx.work, 'gs'), ['--chunk-size', '0x10000']);
+    const ia = await ctx.build('ga', path.join(ctx.work, 'ga'), ['--chunk-size', '0x10000', '--chunk-dict', is.boot]);
+    const ib = await ctx.build('gb', path.join(ctx.work, 'gb'), ['--chunk-size', '0x10000', '--chunk-dict', is.boot]);
+    const sharedId: string = is.report.blobs[0];
+    const ownA: string = ia.report.blobs.find((x: string) => x !== sharedId);
+    const ownB: string = ib.report.blobs.find((x: string) => x !== sharedId);
+    // one domain: on fscache the images share the blob's object in volume erofs,gcdom
+    const ma = await ctx.mountImage('ga', ia, { domain: 'gcdom' });
+    const mb = await ctx.mountImage('gb', ib, { domain: 'gcdom' });
+    for (const [n, data] of Object.entries(dirs.ga)) assert.ok(fs.readFileSync(path.join(ma, n)).equals(data), `ga/${n}`);
+    for (const [n, data] of Object.entries(dirs.gb)) assert.ok(fs.readFileSync(path.join(mb, n)).equals(data), `gb/${n}`);
+    const usage = async (): Promise<any> => JSON.parse(await ctx.cli(['cache', 'usage', '-A', ctx.sock, '--json']));
+    const entry = (u: any, id: string): any => u.blobs.find((x: any) => x.blob_id === id && (h.frontend === 'fanotify' || x.volume === 'gcdom'));
+    let u = await usage();
+    assert.equal(u.frontend, h.frontend);
+    assert.ok(u.filesystem.total_bytes > 0 && u.filesystem.files_total > 0, JSON.stringify(u.filesystem));
+    for (const id of [sharedId, ownA, ownB]) {
+      const x = entry(u, id);
+      assert.ok(x && x.mounted && x.referenced && x.kind === 'blob' && x.disk_bytes > 0, `${id}: ${JSON.stringify(x)}`);
+      assert.ok(x.last_access && Date.now() - Date.parse(x.last_access) < 600_000, `last access of ${id}: ${x.last_access}`);
+    }
+    assert.equal(entry(u, ownA).chunks_present, entry(u, ownA).chunk_count, JSON.stringify(entry(u, ownA)));
+    assert.ok(u.images.find((i: any) => i.id === 'ga').mounted);
+
+    await ctx.umount(ma); // unmount + unregister: automatic passes keep recently read data (grace)
+    assert.ok(entry(await usage(), ownA), 'nothing is removed before a gc');
+    const fetchedB = (await ctx.api.metrics() as any).blobs.filter((x: any) => ib.report.blobs.includes(x.blob_id)).reduce((n: number, x: any) => n + x.backend_bytes, 0);
+    // fscache: the kernel's CLOSE of the unmounted image's objects may come after umount returns
+    const removed: any[] = [];
+    await waitUntil('gc to remove the unregistered image\'s own blob', async () => {
+      const r = JSON.parse(await ctx.cli(['cache', 'gc', '-A', ctx.sock, '--json']));
+      removed.push(...r.removed);
+      return removed.some((x) => x.blob_id === ownA);
+    }, 60_000);
+    assert.ok(!removed.some((x) => x.blob_id === sharedId || x.blob_id === ownB), `gc removed data still in use: ${JSON.stringify(removed)}`);
+    if (h.frontend === 'fscache') assert.ok(removed.some((x) => x.blob_id === 'ga' && x.volume === 'gcdom') || !entry(await usage(), 'ga'), 'the bootstrap object of ga goes too');
+    u = await usage();
+    assert.equal(entry(u, ownA), undefined, JSON.stringify(u.blobs));
+    for (const id of [sharedId, ownB]) assert.ok(entry(u, id)?.disk_bytes > 0, `${id} keeps its data: ${JSON.stringify(entry(u, id))}`);
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+    for (const [n, data] of Object.entries(dirs.gb)) assert.ok(fs.readFileSync(path.join(mb, n)).equals(data), `gb/${n} after gc`);
+    const m = (await ctx.api.metrics()) as any;
+    assert.equal(m.blobs.filter((x: any) => ib.report.blobs.includes(x.blob_id)).reduce((n: number, x: any) => n + x.backend_bytes, 0), fetchedB, 'gb read everything from the cache');
+    assert.ok(m.cache.gc_blobs_removed >= 1 && m.cache.gc_bytes_freed > 0, JSON.stringify(m.cache));
+    await ctx.umount(mb);
   });
 
   return ctx;
