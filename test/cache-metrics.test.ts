@@ -170,6 +170,12 @@ test('Prometheus exposition on the API socket parses and its counters equal the 
   assert.equal(value(p, 'nydus_ts_fanotify_events_total'), j.frontend.events);
   assert.equal(value(p, 'nydus_ts_fanotify_slow_path_total'), j.frontend.slow_path);
   assert.equal(value(p, 'nydus_ts_scrub_runs_total'), j.scrub.runs_total);
+  // the GC/culling section: its counters as counters, cache bytes on disk as a gauge
+  assert.ok(j.cache.disk_bytes > 0, JSON.stringify(j.cache));
+  assert.equal(value(p, 'nydus_ts_cache_disk_bytes'), j.cache.disk_bytes);
+  assert.equal(p.get('nydus_ts_cache_disk_bytes')!.type, 'GAUGE');
+  assert.equal(value(p, 'nydus_ts_cache_gc_runs_total'), j.cache.gc_runs);
+  assert.equal(p.get('nydus_ts_cache_gc_runs_total')!.type, 'COUNTER');
   const blob = j.blobs.find((b: any) => b.blob_id === img.blobId);
   assert.equal(value(p, 'nydus_ts_blob_backend_read_bytes_total', { blob: img.blobId }), blob.backend_bytes);
   assert.equal(value(p, 'nydus_ts_blob_chunks_cached', { blob: img.blobId }), blob.chunks_ready);

@@ -110,22 +110,30 @@ export class Exposition {
 type Json = Record<string, any>;
 const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
 
+/** The GC/culling counters of the `cache` section (cache-manager.ts CacheMetrics); its other numbers are gauges. */
+const CACHE_COUNTERS = new Set([
+  'gc_runs', 'gc_blobs_removed', 'gc_bytes_freed', 'cull_runs', 'cull_blobs_removed', 'cull_bytes_freed', 'cull_ranges_evicted',
+  'cull_bytes_evicted', 'full_writes', 'full_write_bytes_freed', 'full_write_failures', 'kernel_culling_signals',
+]);
+
 /**
  * A section of numbers another part of the daemon reports (GC/culling `cache`, `prefetch`):
- * every numeric leaf becomes `nydus_ts_<section>_<path>`; a key ending in `_total` is a
- * counter, everything else a gauge (these figures may be sums over open sessions, which shrink).
+ * every numeric leaf becomes `nydus_ts_<section>_<path>`; one in `counters` (or ending in
+ * `_total`) is a counter named `…_total`, everything else a gauge (prefetch figures are sums
+ * over open sessions, which shrink when a session closes).
  */
-function renderSection(x: Exposition, section: string, obj: unknown, help: string, prefix: string[] = []): void {
+function renderSection(x: Exposition, section: string, obj: unknown, help: string, counters = new Set<string>(), prefix: string[] = []): void {
   if (!obj || typeof obj !== 'object' || Array.isArray(obj)) return;
   for (const [k, v] of Object.entries(obj as Json)) {
     const p = [...prefix, k];
     if (typeof v === 'number') {
-      const name = metricName(`nydus_ts_${section}_${p.join('_')}`);
-      x.add(name, name.endsWith('_total') ? 'counter' : 'gauge', `${help}: ${p.join('.')}`, num(v));
+      const base = metricName(`nydus_ts_${section}_${p.join('_')}`);
+      const counter = counters.has(p.join('.')) || base.endsWith('_total');
+      x.add(counter && !base.endsWith('_total') ? `${base}_total` : base, counter ? 'counter' : 'gauge', `${help}: ${p.join('.')}`, num(v));
     } else if (typeof v === 'boolean') {
       x.gauge(metricName(`nydus_ts_${section}_${p.join('_')}`), `${help}: ${p.join('.')} (1 = true)`, v ? 1 : 0);
     } else if (v && typeof v === 'object' && !Array.isArray(v) && prefix.length < 3) {
-      renderSection(x, section, v, help, p);
+      renderSection(x, section, v, help, counters, p);
     }
   }
 }
@@ -207,7 +215,7 @@ export function renderPrometheus(m: Json): string {
   x.gauge('nydus_ts_scrub_last_run_timestamp_seconds', 'end of the last finished scrub run (Unix time)', num(s.last_run_finished_at));
   x.gauge('nydus_ts_scrub_last_run_findings', 'damaged chunks found by the last finished scrub run', num(s.last_run_findings));
 
-  renderSection(x, 'cache', m.cache, 'cache life cycle (usage, GC, culling)');
+  renderSection(x, 'cache', m.cache, 'cache life cycle (usage, GC, culling)', CACHE_COUNTERS);
   renderSection(x, 'prefetch', m.prefetch, 'background prefetch, summed over open blob sessions');
   return x.text();
 }
