@@ -29,8 +29,8 @@ function printReport(r: any): void {
     out(`damaged: blob ${f.blob_id} chunk ${f.chunk_index} at ${f.offset}+${f.size}: ${f.actual_digest ? `digest ${f.actual_digest}, expected ${f.expected_digest}` : `unreadable (${f.error})`}${f.evicted ? ' — evicted, the next read fetches it again' : f.error ? ` — ${f.error}` : ''}`);
   }
   for (const s of r.skipped ?? []) process.stderr.write(`skipped blob ${s.blob_id}: ${s.reason}\n`);
-  out(`scrub ${r.state}: ${r.blobs_done}/${r.blobs_total} blob(s), ${r.chunks_verified} chunk(s) verified (${human(r.bytes_verified)}), ${r.findings.length} damaged chunk(s)${r.chunks_unverifiable ? `, ${r.chunks_unverifiable} without a recorded digest` : ''}, ${r.skipped.length} blob(s) skipped${r.error ? `: ${r.error}` : ''}`);
-  if (r.findings.length) {
+  out(`scrub ${r.state}: ${r.blobs_done}/${r.blobs_total} blob(s), ${r.chunks_verified} chunk(s) verified (${human(r.bytes_verified)}), ${r.damaged_chunks} damaged chunk(s)${r.damaged_chunks > r.findings.length ? ` (the first ${r.findings.length} listed)` : ''}${r.chunks_unverifiable ? `, ${r.chunks_unverifiable} without a recorded digest` : ''}, ${r.skipped.length} blob(s) skipped${r.error ? `: ${r.error}` : ''}`);
+  if (r.damaged_chunks) {
     process.stderr.write('note: bytes of damaged chunks that are already in the page cache stay there until evicted: run `echo 3 > /proc/sys/vm/drop_caches` (or remount the affected images) so that readers get the refetched bytes\n');
   }
 }
@@ -70,7 +70,7 @@ export function addScrubCommand(cache: Command): void {
       process.once('SIGINT', onSigint);
       try {
         while (r.state === 'running') {
-          prog.update(`blob ${Math.min(r.blobs_done + 1, r.blobs_total)}/${r.blobs_total}, ${r.chunks_done}/${r.chunks_total} chunks, ${human(r.bytes_verified)} verified, ${r.findings.length} damaged`);
+          prog.update(`blob ${Math.min(r.blobs_done + 1, r.blobs_total)}/${r.blobs_total}, ${r.chunks_done}/${r.chunks_total} chunks, ${human(r.bytes_verified)} verified, ${r.damaged_chunks} damaged`);
           await new Promise((res) => setTimeout(res, POLL_MS));
           r = await call(sock, 'GET', '/api/v1/cache/scrub');
           if (!r || r.id !== id) throw new NydusError('ERR_DAEMON', `scrub ${id} was interrupted (the daemon's serving process restarted); run it again`);

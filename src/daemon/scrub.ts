@@ -28,6 +28,8 @@ import type { KernelFrontend, ScrubTarget } from './interfaces';
 
 const PAGE = 4096;
 const READ_WINDOW = 4 << 20;
+/** findings listed in a report (all are counted, logged and evicted) */
+const MAX_FINDINGS = 1000;
 const alignDown = (n: number): number => n - (n % PAGE);
 const alignUp = (n: number): number => Math.ceil(n / PAGE) * PAGE;
 
@@ -67,6 +69,8 @@ export interface ScrubReport {
   chunks_absent: number;
   /** chunks whose digest the bootstrap does not record */
   chunks_unverifiable: number;
+  /** damaged chunks found (and evicted); `findings` lists the first MAX_FINDINGS of them */
+  damaged_chunks: number;
   findings: ScrubFinding[];
   skipped: Array<{ blob_id: string; reason: string }>;
   error: string | null;
@@ -191,7 +195,7 @@ export class ScrubManager {
     const report: ScrubReport = {
       id: crypto.randomUUID(), state: 'running', trigger: req.trigger ?? 'api', image: req.image ?? null, rate_bytes_per_sec: rate,
       started_at: new Date().toISOString(), finished_at: null, blobs_total: 0, blobs_done: 0, chunks_total: 0, chunks_done: 0,
-      chunks_verified: 0, bytes_verified: 0, chunks_absent: 0, chunks_unverifiable: 0, findings: [], skipped: [], error: null,
+      chunks_verified: 0, bytes_verified: 0, chunks_absent: 0, chunks_unverifiable: 0, damaged_chunks: 0, findings: [], skipped: [], error: null,
     };
     const job = { report, cancelled: false, done: Promise.resolve() };
     this.current = job;
@@ -206,10 +210,10 @@ export class ScrubManager {
       if (report.state === 'done') this.st.runs_total++;
       else this.st.runs_failed_total++;
       this.st.last_run_finished_at = Date.now() / 1000;
-      this.st.last_run_findings = report.findings.length;
+      this.st.last_run_findings = report.damaged_chunks;
       this.last = report;
       this.current = undefined;
-      this.opts.log(report.findings.length ? 'warn' : 'info', `scrub ${report.id} ${report.state}: ${report.chunks_verified} chunk(s) verified (${report.bytes_verified} bytes), ${report.findings.length} damaged chunk(s) evicted, ${report.skipped.length} blob(s) skipped`);
+      this.opts.log(report.damaged_chunks ? 'warn' : 'info', `scrub ${report.id} ${report.state}: ${report.chunks_verified} chunk(s) verified (${report.bytes_verified} bytes), ${report.damaged_chunks} damaged chunk(s) evicted, ${report.skipped.length} blob(s) skipped`);
     });
     return report;
   }
@@ -323,7 +327,8 @@ export class ScrubManager {
             blob_id: t.blobId, chunk_index: c.index, offset: a, size: c.uncompressedSize, expected_digest: expected.toString('hex'),
             actual_digest: confirmed.actual, ...(confirmed.error ? { error: confirmed.error } : {}), cache_file: t.path, evicted: false, found_at: new Date().toISOString(),
           };
-          r.findings.push(finding);
+          r.damaged_chunks++;
+          if (r.findings.length < MAX_FINDINGS) r.findings.push(finding);
           if (confirmed.error) this.st.read_errors_total++;
           else this.st.mismatches_total++;
           this.opts.log('error', `scrub: blob ${t.blobId} chunk ${c.index} at ${a}+${c.uncompressedSize} in ${t.path}: ${confirmed.error ? `cannot be read (${confirmed.error})` : `digest ${confirmed.actual} != expected ${finding.expected_digest}`}; evicting it, the next read fetches it again`, { blobId: t.blobId, chunk: c.index, offset: a });
