@@ -8,6 +8,7 @@ import * as http from 'node:http';
 import { NydusError } from '../errors';
 import type { BuildInfo, DaemonStateName } from './api-server';
 import type { BlobCacheEntryJson } from './config';
+import type { MountTrace } from '../kernel/access-trace';
 
 export interface DaemonInfo {
   version: BuildInfo;
@@ -205,6 +206,23 @@ export class DaemonApiClient {
   /** GET /api/v1/metrics/backend[?id=] */
   backendMetrics(id?: string): Promise<unknown> {
     return this.call('GET', `/api/v1/metrics/backend${q({ id })}`);
+  }
+
+  // --- access traces (fanotify front end; `nydus-ts optimize`) -----------------------------------
+
+  /** POST /api/v1/trace?mountpoint=M: start recording what is read from a daemon mount */
+  async startTrace(mountpoint: string): Promise<MountTrace> {
+    return (await this.call('POST', `/api/v1/trace${q({ mountpoint })}`)) as MountTrace;
+  }
+
+  /** GET /api/v1/trace?mountpoint=M: the trace so far */
+  async getTrace(mountpoint: string): Promise<MountTrace> {
+    return (await this.call('GET', `/api/v1/trace${q({ mountpoint })}`)) as MountTrace;
+  }
+
+  /** DELETE /api/v1/trace?mountpoint=M: stop recording; returns the trace */
+  async stopTrace(mountpoint: string): Promise<MountTrace> {
+    return (await this.call('DELETE', `/api/v1/trace${q({ mountpoint })}`)) as MountTrace;
   }
 
   // --- helpers ----------------------------------------------------------------------------------

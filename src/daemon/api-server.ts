@@ -69,6 +69,11 @@ export interface DaemonController {
   mounts?(): unknown[];
   /** optional: `GET /api/v1/metrics/backend[?id=]`; without it the route answers 404 */
   backendMetrics?(id?: string): unknown;
+  /**
+   * optional: access traces of a daemon mount (`nydus-ts optimize`): `POST /api/v1/trace?mountpoint=M`
+   * starts one, `GET` returns it so far, `DELETE` stops it and returns it. Without it, 501.
+   */
+  trace?(action: 'start' | 'get' | 'stop', mountpoint: string): Promise<unknown>;
   /** optional: `GET /api/v1/cache/usage` (cache-usage.ts CacheUsage); without it, 501 */
   cacheUsage?(): unknown;
   /** optional: `POST /api/v1/cache/gc[?dry_run=true]` (cache-manager.ts GcReport); without it, 501 */
@@ -532,6 +537,11 @@ export class ApiServer {
         return undefined;
       },
     });
+    const trace = (action: 'start' | 'get' | 'stop'): Handler => async (ctx) => {
+      if (!c.trace) unsupported();
+      return c.trace!(action, mountpointOf(ctx.query));
+    };
+    this.route('/api/v1/trace', { POST: trace('start'), GET: trace('get'), DELETE: trace('stop') });
     this.route('/api/v1/config', { GET: unsupported, PUT: unsupported });
     const prometheus: Handler = () => {
       if (!c.prometheus) throw new RouteError(404, 'metrics: no Prometheus exposition');

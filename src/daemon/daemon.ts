@@ -212,6 +212,17 @@ export class Daemon implements DaemonController {
     return this.frontend.mounts?.() ?? [];
   }
 
+  /** `POST|GET|DELETE /api/v1/trace?mountpoint=`: access traces for `nydus-ts optimize`. */
+  async trace(action: 'start' | 'get' | 'stop', mountpoint: string): Promise<unknown> {
+    const f = this.frontend;
+    if (!f.startTrace || !f.trace || !f.stopTrace) {
+      throw new NydusError('ERR_UNSUPPORTED', `the ${f.kind} front end cannot record access traces (the fanotify front end can)`, { httpStatus: 501 });
+    }
+    if (action === 'start') return f.startTrace(mountpoint);
+    if (action === 'get') return f.trace(mountpoint);
+    return f.stopTrace(mountpoint);
+  }
+
   /** The blobs of one registered image (any domain), or of all, with the fscache volumes holding each. */
   private scrubBlobs(image?: string): Array<{ blobId: string; volumes: string[] }> {
     const images = this.registry.list().filter((i) => image === undefined || i.id === image);

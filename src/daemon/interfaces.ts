@@ -159,6 +159,13 @@ export interface KernelFrontend {
   /** Unmount (never lazily): a busy mount is an error and stays served. */
   unmount?(mountpoint: string): Promise<void>;
   mounts?(): FrontendMount[];
+  /**
+   * Access traces of a mount this front end made (`nydus-ts optimize`; fanotify:
+   * src/kernel/access-trace.ts): start recording, read the trace so far, stop and return it.
+   */
+  startTrace?(mountpoint: string): Promise<unknown>;
+  trace?(mountpoint: string): unknown;
+  stopTrace?(mountpoint: string): Promise<unknown>;
   /** Drop a blob's cached data that no image uses. */
   cull?(blobId: string): Promise<unknown>;
   /**

@@ -10,6 +10,7 @@ import { MessagePort, isMainThread, parentPort, receiveMessageOnPort, workerData
 import { PAGE } from './blob-cache-file';
 import { FanotifyEvent, parseEvents, respond, FAN_ALLOW, FAN_CLOSE_WRITE, FAN_DENY, FAN_MODIFY, FAN_PRE_ACCESS_MASK, FAN_Q_OVERFLOW } from './fanotify-group';
 import { lseek, poll, POLLIN, POLLNVAL, SEEK_HOLE } from '../sys/native';
+import { FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM } from './access-trace';
 
 export const READER_ROLE = 'nydus-ts:fanotify-reader';
 export const now = (): number => performance.timeOrigin + performance.now();
@@ -24,13 +25,24 @@ export interface SlowEvent {
   pid: number;
   /** when the event was read (ms since the epoch, µs resolution) */
   t0: number;
+  /** position in the group's event stream (access traces order reads and opens by it) */
+  seq: number;
+}
+
+/** An open of a file on a traced mount (access-trace.ts), already allowed. */
+export interface OpenEvent {
+  seq: number;
+  key: string;
+  pid: number;
+  exec: boolean;
 }
 
 export type ToReader = { t: 'blob'; key: string; slot: number; bits: SharedArrayBuffer; size: number } | { t: 'drop'; key: string };
 export type FromReader =
   | { t: 'slow'; evs: SlowEvent[] }
-  /** fast-path answers: slot and latency (µs) per event */
-  | { t: 'fast'; slots: number[]; us: number[] }
+  /** fast-path answers: slot and latency (µs) per event, and what was read (for access traces) */
+  | { t: 'fast'; slots: number[]; us: number[]; seq: number[]; off: number[]; cnt: number[]; pid: number[] }
+  | { t: 'open'; evs: OpenEvent[] }
   | { t: 'modify'; keys: string[] }
   | { t: 'overflow' }
   | { t: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; msg: string }
@@ -52,6 +64,7 @@ function runReader(init: ReaderInit): void {
   const buf = Buffer.alloc(64 << 10);
   const wakeBuf = Buffer.alloc(64);
   const evs: FanotifyEvent[] = [];
+  let seq = 0;
   const keyOf = (fd: number): string => {
     try {
       const st = fs.fstatSync(fd, { bigint: true });
@@ -96,6 +109,11 @@ function runReader(init: ReaderInit): void {
       const slow: SlowEvent[] = [];
       const fastSlots: number[] = [];
       const fastUs: number[] = [];
+      const fastSeq: number[] = [];
+      const fastOff: number[] = [];
+      const fastCnt: number[] = [];
+      const fastPid: number[] = [];
+      const opens: OpenEvent[] = [];
       const modified: string[] = [];
       for (const ev of evs) {
         if (ev.mask & FAN_Q_OVERFLOW) {
@@ -103,6 +121,13 @@ function runReader(init: ReaderInit): void {
           continue;
         }
         if (ev.fd < 0) continue;
+        if (ev.mask & (FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM)) {
+          // an access trace's mark on a traced mount (access-trace.ts): never refused, only noted
+          respond(init.group, ev.fd, FAN_ALLOW);
+          opens.push({ seq: seq++, key: keyOf(ev.fd), pid: ev.pid, exec: (ev.mask & FAN_OPEN_EXEC_PERM) !== 0 });
+          fs.closeSync(ev.fd);
+          continue;
+        }
         if (!(ev.mask & FAN_PRE_ACCESS_MASK)) {
           if (ev.mask & (FAN_MODIFY | FAN_CLOSE_WRITE)) modified.push(keyOf(ev.fd));
           else respond(init.group, ev.fd, FAN_DENY); // a permission event we never asked for
@@ -110,6 +135,7 @@ function runReader(init: ReaderInit): void {
           continue;
         }
         const key = keyOf(ev.fd);
+        const evSeq = seq++;
         const b = blobs.get(key);
         if (b && ev.offset !== undefined && ev.count !== undefined) {
           const a = ev.offset - (ev.offset % PAGE);
@@ -127,13 +153,18 @@ function runReader(init: ReaderInit): void {
             fs.closeSync(ev.fd);
             fastSlots.push(b.slot);
             fastUs.push(Math.round((now() - t0) * 1000));
+            fastSeq.push(evSeq);
+            fastOff.push(ev.offset);
+            fastCnt.push(ev.count);
+            fastPid.push(ev.pid);
             continue;
           }
         }
-        slow.push({ fd: ev.fd, key, offset: ev.offset ?? -1, count: ev.count ?? -1, pid: ev.pid, t0 });
+        slow.push({ fd: ev.fd, key, offset: ev.offset ?? -1, count: ev.count ?? -1, pid: ev.pid, t0, seq: evSeq });
       }
       if (slow.length) out.postMessage({ t: 'slow', evs: slow } satisfies FromReader);
-      if (fastSlots.length) out.postMessage({ t: 'fast', slots: fastSlots, us: fastUs } satisfies FromReader);
+      if (opens.length) out.postMessage({ t: 'open', evs: opens } satisfies FromReader);
+      if (fastSlots.length) out.postMessage({ t: 'fast', slots: fastSlots, us: fastUs, seq: fastSeq, off: fastOff, cnt: fastCnt, pid: fastPid } satisfies FromReader);
       if (modified.length) out.postMessage({ t: 'modify', keys: modified } satisfies FromReader);
       continue; // read again until EAGAIN
     }

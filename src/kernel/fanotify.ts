@@ -34,8 +34,9 @@ import {
   FanotifyCacheLayout, cacheLayout, denyStaleEvents, respond, EVENT_FD_LIMIT, FAN_ALLOW, FAN_CLOSE_WRITE, FAN_DENY, FAN_MODIFY,
 } from './fanotify-group';
 import { FromReader, ReaderInit, SlowEvent, ToReader, READER_ROLE, now } from './fanotify-reader';
+import { AccessTraceRecorder, MountTrace, FAN_MARK_FILESYSTEM, TRACE_OPEN_MASK } from './access-trace';
 import {
-  errnoName, fanotifyMark, newMount, pipe2, umountSync, FAN_MARK_ADD, FAN_MARK_IGNORE, FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_REMOVE,
+  errnoName, fanotifyMark, newMount, pipe2, umountSync, FAN_MARK_ADD, FAN_MARK_FLUSH, FAN_MARK_IGNORE, FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_REMOVE,
   FAN_PRE_ACCESS, FSCONFIG_MAX_STRING, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, O_CLOEXEC, O_NONBLOCK,
   errnoOf,
 } from '../sys/native';
@@ -132,6 +133,8 @@ export class FanotifyFrontend implements KernelFrontend {
   private readonly mountTable = new Map<string, FrontendMount>();
   /** background prefetch of each mount's blobs (cancelled when it is unmounted) */
   private readonly prefetches = new Map<string, PrefetchHandle[]>();
+  /** access traces by mount point (access-trace.ts; `nydus-ts optimize`) */
+  private readonly traces = new Map<string, AccessTraceRecorder>();
   private readonly handlers = new Set<Promise<void>>();
   private stopped = false;
   private readonly hist = new LatencyHistogram();
@@ -160,6 +163,13 @@ export class FanotifyFrontend implements KernelFrontend {
       // before reading anything: the numbers the dead process used are the only handles left
       this.st.stale_events_denied = denyStaleEvents(this.opts.group, EVENT_FD_LIMIT);
       if (this.st.stale_events_denied) this.log('warn', `fanotify: denied ${this.st.stale_events_denied} event(s) the previous serving process had read but not answered (EROFS retries them once; this process serves the retry)`);
+    }
+    // A predecessor's access traces died with it: drop their open marks (this group marks
+    // filesystems for nothing else), so opens on those mounts stop waiting for an answer.
+    try {
+      fanotifyMark(this.opts.group, FAN_MARK_FLUSH | FAN_MARK_FILESYSTEM, 0n, '/');
+    } catch (e) {
+      this.log('warn', `fanotify: cannot flush access-trace marks: ${errMsg(e)}`);
     }
     for (const m of this.opts.mounts ?? []) this.adopt(m);
     this.wake = pipe2(O_CLOEXEC | O_NONBLOCK);
@@ -275,6 +285,7 @@ export class FanotifyFrontend implements KernelFrontend {
    */
   private markDone(b: OpenBlob): void {
     if (b.done || this.stopped || !this.blobs.has(b.id)) return;
+    if (this.traced(b.id)) return; // an access trace needs its events; marked when the trace stops
     try {
       fanotifyMark(this.opts.group, FAN_MARK_ADD, BigInt(FAN_MODIFY | FAN_CLOSE_WRITE), b.file.path);
       fanotifyMark(this.opts.group, FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY, FAN_PRE_ACCESS, b.file.path);
@@ -331,8 +342,12 @@ export class FanotifyFrontend implements KernelFrontend {
             b.c.fast_path++;
             b.hist.add(ms);
             this.cache.touch(b.id, (m as { off?: number[] }).off?.[i] ?? -1, (m as { cnt?: number[] }).cnt?.[i] ?? -1);
+            if (this.traces.size) for (const t of this.traces.values()) t.addRead(m.seq[i], b.id, m.off[i], m.cnt[i], m.pid[i]);
           }
         }
+        break;
+      case 'open':
+        for (const t of this.traces.values()) for (const ev of m.evs) t.addOpen(ev.seq, ev.key, ev.pid, ev.exec);
         break;
       case 'modify':
         for (const k of m.keys) this.onForeignModify(k);
@@ -363,6 +378,7 @@ export class FanotifyFrontend implements KernelFrontend {
       }
       b.c.events++;
       this.cache.touch(b.id, ev.offset, ev.count);
+      if (this.traces.size) for (const t of this.traces.values()) t.addRead(ev.seq, b.id, ev.offset, ev.count, ev.pid);
       if (ev.offset < 0 || ev.count < 0) throw new NydusError('ERR_KERNEL', 'a pre-content event without a range record');
       const a = ev.offset - (ev.offset % PAGE);
       const e = Math.min(ev.offset + ev.count, b.file.size);
@@ -503,6 +519,7 @@ export class FanotifyFrontend implements KernelFrontend {
     this.mountTable.delete(mnt);
     for (const h of this.prefetches.get(mnt) ?? []) h.cancel();
     this.prefetches.delete(mnt);
+    this.endTrace(mnt, false); // its superblock, and the open mark on it, are gone
     const blobs = rec.blobIds.map((id) => this.blobs.get(id)).filter((b): b is OpenBlob => !!b);
     for (const b of blobs) await this.release(b);
     this.log('info', `unmounted ${mnt} (image ${rec.id})`, { mountpoint: mnt });
@@ -521,6 +538,78 @@ export class FanotifyFrontend implements KernelFrontend {
       if (h) handles.push(h);
     }
     if (handles.length) this.prefetches.set(mnt, handles);
+  }
+
+  // -------------------------------------------------------------------- access traces
+
+  private traced(blobId: string): boolean {
+    for (const t of this.traces.values()) if (t.hasBlob(blobId)) return true;
+    return false;
+  }
+
+  private traceOf(mountpoint: string): AccessTraceRecorder {
+    const mnt = path.resolve(mountpoint);
+    const t = this.traces.get(mnt);
+    if (!t) throw new NydusError('ERR_NOT_FOUND', `no access trace of ${mnt}${this.mountTable.has(mnt) ? '' : ' (not mounted by this daemon)'}: start one first (POST /api/v1/trace?mountpoint=…)`, { mountpoint: mnt, httpStatus: 404 });
+    return t;
+  }
+
+  /**
+   * Record what is read from a mount of this daemon (access-trace.ts): its blobs' events (done
+   * blobs raise events again while traced) and, through a filesystem mark, its opens.
+   */
+  async startTrace(mountpoint: string): Promise<MountTrace> {
+    const mnt = path.resolve(mountpoint);
+    const rec = this.mountTable.get(mnt);
+    if (!rec) throw new NydusError('ERR_NOT_FOUND', `${mnt} is not mounted by this daemon`, { mountpoint: mnt, httpStatus: 404 });
+    if (this.traces.has(mnt)) throw new NydusError('ERR_INVALID_ARGUMENT', `${mnt} is already traced: stop that trace first`, { mountpoint: mnt, httpStatus: 409 });
+    const dev = fs.statSync(mnt, { bigint: true }).dev;
+    const t = new AccessTraceRecorder(rec, String(dev));
+    this.traces.set(mnt, t);
+    try {
+      fanotifyMark(this.opts.group, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, TRACE_OPEN_MASK, mnt);
+    } catch (e) {
+      this.traces.delete(mnt);
+      throw new NydusError('ERR_KERNEL', `cannot trace opens on ${mnt}: ${errMsg(e)}`, { mountpoint: mnt }, { cause: e });
+    }
+    for (const id of rec.blobIds) {
+      const b = this.blobs.get(id);
+      if (b?.done) this.unmarkDone(b);
+    }
+    this.log('info', `access trace of ${mnt} (image ${rec.id}) started`, { mountpoint: mnt });
+    return t.snapshot();
+  }
+
+  /** the trace so far (it keeps recording) */
+  trace(mountpoint: string): MountTrace {
+    return this.traceOf(mountpoint).snapshot();
+  }
+
+  /** Stop recording and return the trace (it is forgotten). */
+  async stopTrace(mountpoint: string): Promise<MountTrace> {
+    const t = this.traceOf(mountpoint);
+    return this.endTrace(t.mount.mountpoint, true)!;
+  }
+
+  private endTrace(mnt: string, unmark: boolean): MountTrace | undefined {
+    const t = this.traces.get(mnt);
+    if (!t) return undefined;
+    t.stop();
+    this.traces.delete(mnt);
+    if (unmark) {
+      try {
+        fanotifyMark(this.opts.group, FAN_MARK_REMOVE | FAN_MARK_FILESYSTEM, TRACE_OPEN_MASK, mnt);
+      } catch (e) {
+        this.log('warn', `fanotify: removing the open mark of ${mnt}: ${errMsg(e)}`);
+      }
+    }
+    for (const id of t.mount.blobIds) {
+      const b = this.blobs.get(id);
+      if (b && b.file.complete) this.markDone(b);
+    }
+    const snap = t.snapshot();
+    this.log('info', `access trace of ${mnt} stopped: ${snap.events.length} events${snap.dropped ? `, ${snap.dropped} dropped` : ''}`, { mountpoint: mnt });
+    return snap;
   }
 
   // -------------------------------------------------------------------- scrub
