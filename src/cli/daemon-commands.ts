@@ -216,6 +216,26 @@ function prefetchFlags(o: { prefetch?: boolean; prefetchAll?: boolean; prefetchT
   return { enable, all: o.prefetchAll === true, threads: o.prefetchThreads ?? 8, mergingSize: o.prefetchMergeSize ?? 1 << 20, bandwidthRate: o.prefetchBandwidth ?? 0 };
 }
 
+/** `umount`: unmount a `nydus-ts mount` (by the daemon or umount(8)) and unregister the image. */
+export async function unmountImage(mnt: string): Promise<void> {
+  const key = path.resolve(mnt);
+  const m = readMounts();
+  const rec = m[key];
+  if (rec?.frontend === 'fanotify' && (await daemonAlive(rec.apisock))) {
+    // the daemon made the mount: it unmounts and releases the blobs' cache files
+    await apiOk(rec.apisock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(key)}`);
+  } else {
+    await execFileP('umount', [key]).catch((e) => {
+      throw new NydusError('ERR_KERNEL', `umount ${key}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`);
+    });
+  }
+  if (rec) {
+    await apiOk(rec.apisock, 'DELETE', `/api/v2/blobs?domain_id=${encodeURIComponent(rec.domainId || rec.fsid)}&blob_id=${encodeURIComponent(rec.fsid)}`).catch((e) => process.stderr.write(`warning: ${(e as Error).message}\n`));
+    delete m[key];
+    writeMounts(m);
+  }
+}
+
 export function addDaemonCommands(program: Command): void {
   const d = program
     .command('daemon')
@@ -436,24 +456,7 @@ export function addDaemonCommands(program: Command): void {
     .command('umount')
     .description('unmount an image mounted with `nydus-ts mount` and unregister it from the daemon (never lazily: a busy mount is an error)')
     .argument('<mountpoint>')
-    .action(async (mnt: string) => {
-      const key = path.resolve(mnt);
-      const m = readMounts();
-      const rec = m[key];
-      if (rec?.frontend === 'fanotify' && (await daemonAlive(rec.apisock))) {
-        // the daemon made the mount: it unmounts and releases the blobs' cache files
-        await apiOk(rec.apisock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(key)}`);
-      } else {
-        await execFileP('umount', [key]).catch((e) => {
-          throw new NydusError('ERR_KERNEL', `umount ${key}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`);
-        });
-      }
-      if (rec) {
-        await apiOk(rec.apisock, 'DELETE', `/api/v2/blobs?domain_id=${encodeURIComponent(rec.domainId || rec.fsid)}&blob_id=${encodeURIComponent(rec.fsid)}`).catch((e) => process.stderr.write(`warning: ${(e as Error).message}\n`));
-        delete m[key];
-        writeMounts(m);
-      }
-    });
+    .action((mnt: string) => unmountImage(mnt));
 
   program
     .command('status')

@@ -15,6 +15,7 @@ import { addOciCommands } from './oci-commands';
 import { addSnapshotterCommands } from './snapshotter-commands';
 import { addCacheCommands } from './cache-commands';
 import { addScrubCommand } from './scrub-command';
+import { addOptimizeCommands } from './optimize-commands';
 
 // Start-up loads only commander and the light modules above: each command's implementation is
 // imported inside its action (`await import(…)`, a lazy require), so `--version`, `--help` and
@@ -56,6 +57,7 @@ export function buildProgram(): Command {
     .option('--parent-bootstrap <file>', 'build this layer on top of a parent image (whiteouts applied, chunks deduplicated)')
     .option('--chunk-dict <file>', 'deduplicate against the chunks of another bootstrap (nydus: bootstrap=FILE)')
     .option('--prefetch-patterns <file>', "absolute paths, one per line, stored in the prefetch table and written first ('-' = stdin)")
+    .option('--prefetch-list <file>', 'start-up order from `nydus-ts optimize` (--save-trace JSON: byte ranges in access order, or paths one per line): those chunks first in the blob, the files in the prefetch table')
     .addOption(new Option('--whiteout-spec <spec>', 'whiteout convention of the source').choices(['oci', 'overlayfs', 'none']).default('oci'))
     .option('--no-blob-toc', 'omit the chunk digest array and TOC from the blob (nydus default without --features blob-toc)')
     .option('--threads <n>', 'worker threads for hashing and compression (default: CPU count)')
@@ -68,7 +70,9 @@ export function buildProgram(): Command {
       else if (source === '-') type = 'tar';
       else if (fs.existsSync(source) && fs.statSync(source).isFile()) type = /\.(tgz|gz)$/.test(source) ? 'targz' : 'tar';
       const prog = new Progress('create');
-      const report = await createImage({
+      // --prefetch-list: build, then rewrite the new blob in start-up order (src/optimize/create-optimized.ts)
+      const build = o.prefetchList ? (await import('../optimize/create-optimized')).createOptimized(o.prefetchList, o.prefetchPatterns !== undefined) : createImage;
+      const report = await build({
         type, source, bootstrap: o.bootstrap, blobDir: o.blobDir, chunkSize: parseChunkSize(o.chunkSize),
         compressor: o.compressor as CompressorName, digester: o.digester as DigesterName,
         parentBootstrap: o.parentBootstrap, chunkDict: o.chunkDict, prefetchPatterns: readPatterns(o.prefetchPatterns),
@@ -219,6 +223,7 @@ export function buildProgram(): Command {
   addDaemonCommands(program);
   addOciCommands(program);
   addSnapshotterCommands(program);
+  addOptimizeCommands(program);
   // `cache usage|gc` (cache-commands.ts); further `cache` subcommands attach to this group
   const cache = addCacheCommands(program);
   addScrubCommand(cache);

@@ -61,6 +61,7 @@ export function addOciCommands(program: Command): void {
     .option('--insecure', 'talk plain http to the registries')
     .option('--work-dir <dir>', 'scratch space for layer bootstraps and blobs (removed afterwards)', os.tmpdir())
     .option('--concurrency <n>', 'layers converted at once', '2')
+    .option('--prefetch-list <file>', 'start-up order from `nydus-ts optimize` (--save-trace JSON, or paths one per line): those chunks first in the blobs, the files in the prefetch table')
     .option('-J, --output-json <file>', "write the summary as JSON ('-' = stdout)")
     .action(async (o) => {
       // implementations load on use (see main.ts)
@@ -71,6 +72,7 @@ export function addOciCommands(program: Command): void {
       const platform = parsePlatform(o.platform);
       const concurrency = Number(o.concurrency);
       if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new NydusError("ERR_INVALID_ARGUMENT", `--concurrency ${o.concurrency}: expected 1..64`);
+      const prefetchOrder = o.prefetchList ? (await import('../optimize/access-list')).readAccessOrder(o.prefetchList) : undefined;
       const opened: Closable[] = [];
       try {
         const source = openSource(o.source, { insecure: o.insecure });
@@ -85,7 +87,7 @@ export function addOciCommands(program: Command): void {
         const bars = new LayerBars();
         const summary = await convert(source, sink, {
           platform, compressor: o.compressor as CompressorName, digester: o.digester as DigesterName,
-          chunkSize: parseChunkSize(o.chunkSize), chunkDictSource: dict, workDir: o.workDir, concurrency,
+          chunkSize: parseChunkSize(o.chunkSize), chunkDictSource: dict, workDir: o.workDir, concurrency, prefetchOrder,
           onProgress: (p) => bars.update(p),
           onWarning: (m) => process.stderr.write(`warning: ${m}\n`),
         }).finally(() => bars.finish());

@@ -165,7 +165,7 @@ async function openBlobStream(source: ImageSource, desc: Descriptor, where: stri
 }
 
 /** Stream a blob into `file` (temp name + rename), verifying digest and size. */
-async function downloadBlob(source: ImageSource, desc: Descriptor, file: string, onBytes?: (n: number) => void): Promise<void> {
+export async function downloadBlob(source: ImageSource, desc: Descriptor, file: string, onBytes?: (n: number) => void): Promise<void> {
   const tmp = `${file}.${process.pid}.part`;
   const where = `${source.name}: blob ${desc.digest}`;
   const raw = await openBlobStream(source, desc, where);
@@ -237,6 +237,11 @@ export interface ConvertOptions {
   threads?: number;
   onProgress?: (p: ConvertProgress) => void;
   onWarning?: (msg: string) => void;
+  /**
+   * `--prefetch-list` (nydus-ts optimize): put these reads' chunks first in the blobs this
+   * conversion makes, in this order, and name the files in the prefetch table
+   */
+  prefetchOrder?: import('../optimize/access-list').AccessOrder;
 }
 
 export interface ConvertLayerSummary {
@@ -333,6 +338,28 @@ export async function fetchNydusBootstrap(source: ImageSource, file: string, pla
   return { manifest: m, blobs: parts.blobs, bootstrap };
 }
 
+/**
+ * `--prefetch-list`: rewrite this conversion's own blobs with the start-up chunks first (never a
+ * chunk-dictionary blob) and the merged bootstrap with the prefetch table; the layer results and
+ * the merge report are updated to the new blob ids (src/optimize/relayout.ts).
+ */
+async function relayoutConverted(merged: string, blobDir: string, results: LayerResult[], mergeReport: { blobs: string[] }, opts: ConvertOptions): Promise<void> {
+  const { relayoutImage } = await import('../optimize/relayout');
+  const own = new Set(results.map((r) => r.report.blob_id).filter((id): id is string => id !== null));
+  const r = await relayoutImage({
+    bootstrap: merged, blobDir, order: opts.prefetchOrder!, outputBootstrap: merged, outputBlobDir: blobDir, onlyBlobs: own, onWarning: opts.onWarning,
+  });
+  const renamed = new Map(r.blobs.filter((b) => b.changed).map((b) => [b.source_id, b]));
+  for (const l of results) {
+    const b = l.report.blob_id ? renamed.get(l.report.blob_id) : undefined;
+    if (!b) continue;
+    l.report.blob_id = b.blob_id;
+    l.report.stats.blob_compressed_size = b.compressed_size;
+    l.blobFile = path.join(blobDir, b.blob_id);
+  }
+  mergeReport.blobs = mergeReport.blobs.map((id) => renamed.get(id)?.blob_id ?? id);
+}
+
 /** Convert `source` into a nydus image pushed to `sink`. */
 export async function convert(source: ImageSource, sink: ImageSink, opts: ConvertOptions): Promise<ConvertSummary> {
   const t0 = performance.now();
@@ -374,6 +401,7 @@ export async function convert(source: ImageSource, sink: ImageSink, opts: Conver
     opts.onProgress?.({ phase: 'merge' });
     const merged = path.join(run, 'image.boot');
     const mergeReport = mergeImages({ bootstraps: results.map((r) => r.bootstrap), output: merged });
+    if (opts.prefetchOrder) await relayoutConverted(merged, path.join(run, 'blobs'), results, mergeReport, opts);
     const bootstrapBytes = fs.readFileSync(merged);
     const boot = readBootstrap(bootstrapBytes, { name: merged });
     const entryById = new Map<string, BlobEntry>(boot.blobs.map((b) => [b.blobId, b]));
