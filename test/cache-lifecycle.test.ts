@@ -206,13 +206,25 @@ test('[fanotify] cache usage and gc: an unregistered image\'s own blob goes; ano
   const again = JSON.parse(await h.cli(['cache', 'gc', '-A', h.sock, '--json']));
   assert.deepEqual(again.removed, []);
 
+  // nydusd's cull (DELETE /api/v2/blobs?blob_id=): refused while referenced, then removes it
+  const inUse = await h.api.request('DELETE', `/api/v2/blobs?blob_id=${ownB}`);
+  assert.equal(inUse.status, 500);
+  assert.match(JSON.stringify(inUse.body), /in use/);
+  const gone = await h.api.request('DELETE', `/api/v2/blobs?blob_id=${ownA}`);
+  assert.equal(gone.status, 500);
+  assert.match(JSON.stringify(gone.body), /blob_cache: cache entry not found/);
+  await h.umount(mb);
+  const culled = await h.api.request('DELETE', `/api/v2/blobs?blob_id=${ownB}`);
+  assert.equal(culled.status, 204, JSON.stringify(culled.body));
+  assert.ok(!fs.existsSync(path.join(cacheDir, 'blobs', ownB)));
+
   // offline: the same cache dir read without a daemon
   await h.stop();
   harnesses.splice(harnesses.indexOf(h), 1);
   const off = JSON.parse(await h.cli(['cache', 'usage', '-A', path.join(work, 'none.sock'), '--cache-dir', cacheDir, '--json']));
   assert.equal(off.source, 'offline');
   assert.equal(off.frontend, 'fanotify');
-  assert.deepEqual(off.blobs.map((x: any) => x.blob_id).sort(), [sharedId, ownB].sort());
+  assert.deepEqual(off.blobs.map((x: any) => x.blob_id), [sharedId]);
   for (const x of off.blobs) assert.ok(x.pages_present > 0 && x.disk_bytes > 0 && x.last_access, JSON.stringify(x));
 });
 

@@ -69,15 +69,18 @@ function parseSecs(what: string, v: unknown): number {
   return n;
 }
 
-function pairOf(what: string, high: unknown, low: unknown, dflt: Watermarks | undefined): Watermarks | undefined {
+function pairOf(what: 'space' | 'files', high: unknown, low: unknown, dflt: Watermarks | undefined): Watermarks | undefined {
   if (high === undefined && low === undefined) return dflt;
-  const h = high === undefined ? dflt?.high ?? null : parsePercent(`${what} high watermark`, high);
+  const flag = what === 'space' ? '--cache' : '--cache-files';
+  const hName = `${flag}-high-watermark (${what}_high_watermark)`;
+  const lName = `${flag}-low-watermark (${what}_low_watermark)`;
+  const h = high === undefined ? dflt?.high ?? null : parsePercent(hName, high);
   if (h === null) {
-    if (low !== undefined && parsePercent(`${what} low watermark`, low) !== null) throw new NydusError('ERR_INVALID_ARGUMENT', `${what} low watermark given but the high watermark is off`);
+    if (low !== undefined && parsePercent(lName, low) !== null) throw new NydusError('ERR_INVALID_ARGUMENT', `${lName} is given but ${hName} is off`);
     return undefined;
   }
-  const l = low === undefined ? Math.max(0.01, Math.min(dflt?.low ?? h - 0.05, h - 0.01)) : parsePercent(`${what} low watermark`, low);
-  if (l === null || l >= h) throw new NydusError('ERR_INVALID_ARGUMENT', `${what} watermarks: the low one (${l === null ? 'off' : `${+(l * 100).toFixed(3)}%`}) must be below the high one (${+(h * 100).toFixed(3)}%)`);
+  const l = low === undefined ? Math.max(0.01, Math.min(dflt?.low ?? h - 0.05, h - 0.01)) : parsePercent(lName, low);
+  if (l === null || l >= h) throw new NydusError('ERR_INVALID_ARGUMENT', `${lName} ${l === null ? 'off' : `${+(l * 100).toFixed(3)}%`} must be below ${hName} ${+(h * 100).toFixed(3)}%`);
   return { high: h, low: l };
 }
 

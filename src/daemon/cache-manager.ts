@@ -289,6 +289,27 @@ export class CacheManager implements CachePressureHandler {
     });
   }
 
+  /**
+   * `DELETE /api/v2/blobs?blob_id=B` on a front end without its own cull (fanotify): remove the
+   * cached data of blob B, which no registered image may reference and no mount may use.
+   */
+  removeBlob(blobId: string): Promise<number> {
+    return this.serial(async () => {
+      const objs = this.objects().filter((o) => o.id === blobId);
+      if (!objs.length) throw new NydusError('ERR_NOT_FOUND', `blob_cache: cache entry not found (no cached data of blob ${blobId})`, { blobId });
+      let bytes = 0;
+      for (const o of objs) {
+        if (this.classify(o).images.length || o.inUse) throw new NydusError('ERR_DAEMON', `blob ${blobId} is in use (registered or mounted); its cached data stays`, { blobId });
+        bytes += await this.cache.remove(o);
+      }
+      this.m.gc_blobs_removed++;
+      this.m.gc_bytes_freed += bytes;
+      this.scan = undefined;
+      this.opts.log('info', `cache: removed blob ${blobId} on request (${bytes} bytes)`, { blobId, bytes });
+      return bytes;
+    });
+  }
+
   /** After an unregister: a GC shortly (objects still mounted are removed after their last close). */
   afterUnregister(): void {
     if (this.opts.config.gcOnUnregister) this.scheduleGc('unregister');

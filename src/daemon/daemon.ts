@@ -170,8 +170,9 @@ export class Daemon implements DaemonController {
 
   async cull(blobId: string): Promise<void> {
     if (this.registry.blobInUse(blobId)) throw new NydusError('ERR_DAEMON', `blob ${blobId} is in use by a registered image`);
-    if (!this.frontend.cull) throw new NydusError('ERR_UNSUPPORTED', `the ${this.frontend.kind} front end cannot cull blobs`);
-    await this.frontend.cull(blobId);
+    if (this.frontend.cull) await this.frontend.cull(blobId);
+    else if (this.cacheMgr) await this.cacheMgr.removeBlob(blobId); // fanotify: its file and presence map
+    else throw new NydusError('ERR_UNSUPPORTED', `the ${this.frontend.kind} front end cannot cull blobs`);
   }
 
   /** `GET /api/v1/cache/usage` */

@@ -300,7 +300,15 @@ export class BlobCacheFile implements CacheWriter {
     const end = Math.min(Math.ceil(Math.min(b, this.size) / PAGE), this.pages);
     if (end <= first) return 0;
     const cleared = this.clearPages(first, end);
-    if (cleared) await this.flush();
+    if (cleared) {
+      try {
+        await this.flush();
+      } catch (e) {
+        // a full disk may refuse the map: punch anyway, since holes win when the file is opened
+        // again (a persisted bit over a hole is dropped), and punching is what frees the space
+        this.log('warn', `cache file ${this.path}: cannot persist the presence map before evicting: ${(e as Error).message}`);
+      }
+    }
     if (graceMs > 0) await new Promise((r) => setTimeout(r, graceMs));
     if (this.closed) return cleared * PAGE;
     // only pages still clear: one written again meanwhile holds good bytes now
