@@ -41,7 +41,7 @@ export interface SuiteContext {
   api: DaemonApiClient;
   cli(args: string[]): Promise<string>;
   build(name: string, src: string, extra?: string[]): Promise<Image>;
-  mountImage(name: string, img: Image, opts?: { fsid?: string; domain?: string; blobs?: string }): Promise<string>;
+  mountImage(name: string, img: Image, opts?: { fsid?: string; domain?: string; blobs?: string; extra?: string[] }): Promise<string>;
   umount(mnt: string): Promise<void>;
   startDaemon(): Promise<void>;
   stopDaemon(): Promise<void>;
@@ -92,6 +92,7 @@ export function defineDaemonConformance(h: FrontendHarness): SuiteContext {
     const mnt = path.join(ctx.work, 'mnt', name);
     const args = ['mount', '-A', ctx.sock, '-B', img.boot, '-D', opts.blobs ?? img.blobs, '--fsid', opts.fsid ?? name];
     if (opts.domain) args.push('--domain-id', opts.domain);
+    if (opts.extra) args.push(...opts.extra);
     await ctx.cli([...args, mnt]);
     mounted.push(mnt);
     return mnt;
@@ -228,6 +229,38 @@ export function defineDaemonConformance(h: FrontendHarness): SuiteContext {
     const fetched = sessions[0].backend_bytes;
     const blobFile = fs.statSync(path.join(ia.blobs, ia.report.blobs[0])).size;
     assert.ok(fetched <= blobFile, `the shared blob was fetched more than once: ${fetched} bytes of a ${blobFile}-byte blob`);
+  });
+
+  test(`[${h.frontend}] prefetch: the prefetch table's files are present after the mount without being read; the others are not`, async () => {
+    const src = path.join(ctx.work, 'pf');
+    const sizes: Record<string, number> = { 'hot/a': 300_000, 'hot/b': 200_000, cold: 400_000 };
+    const data = new Map<string, Buffer>();
+    for (const [rel, size] of Object.entries(sizes)) {
+      fs.mkdirSync(path.dirname(path.join(src, rel)), { recursive: true });
+      data.set(rel, crypto.randomBytes(size));
+      fs.writeFileSync(path.join(src, rel), data.get(rel)!);
+    }
+    const patterns = path.join(ctx.work, 'pf.patterns');
+    fs.writeFileSync(patterns, '/hot\n');
+    const img = await ctx.build('pf', src, ['--chunk-size', '0x10000', '--prefetch-patterns', patterns]);
+    const id = img.report.blobs[0];
+    const mnt = await ctx.mountImage('pf', img, { extra: ['--prefetch'] });
+    await waitUntil('the prefetch to finish', async () => (await ctx.blobMetrics(id))?.prefetch?.state === 'done', 120_000);
+    const listed = Math.ceil(sizes['hot/a'] / 0x10000) + Math.ceil(sizes['hot/b'] / 0x10000);
+    let b = await ctx.blobMetrics(id);
+    assert.equal(b.prefetch.chunks, listed, JSON.stringify(b.prefetch));
+    assert.equal(b.chunks_ready, listed);
+    assert.equal(b.reads, 0, 'nothing was read to get there');
+    const fetched = b.backend_bytes;
+    for (const rel of ['hot/a', 'hot/b']) assert.ok(fs.readFileSync(path.join(mnt, rel)).equals(data.get(rel)!), rel);
+    b = await ctx.blobMetrics(id);
+    assert.equal(b.reads, 0, 'the listed files were served from the cache, without a fill request');
+    assert.equal(b.backend_bytes, fetched);
+    assert.ok(fs.readFileSync(path.join(mnt, 'cold')).equals(data.get('cold')!));
+    b = await ctx.blobMetrics(id);
+    assert.ok(b.reads > 0 && b.backend_bytes > fetched, 'the unlisted file was fetched when read');
+    assert.equal(b.ondemand_waits_behind_prefetch, 0);
+    await ctx.umount(mnt);
   });
 
   test(`[${h.frontend}] a corrupted chunk gives EIO on that file only, and no wrong byte anywhere`, async () => {
