@@ -480,59 +480,5 @@ export function defineDaemonConformance(h: FrontendHarness): SuiteContext {
     await ctx.umount(mb);
   });
 
-  test(`[${h.frontend}] cache usage and gc: an unregistered image's own data goes; a mounted image's data and the blob both share stay`, async () => {
-    const shared = crypto.randomBytes(700_000);
-    const dirs: Record<string, Record<string, Buffer>> = { gs: { shared }, ga: { shared, own_a: crypto.randomBytes(500_000) }, gb: { shared, own_b: crypto.randomBytes(400_000) } };
-    for (const [d, files] of Object.entries(dirs)) {
-      fs.mkdirSync(path.join(ctx.work, d));
-      for (const [n, data] of Object.entries(files)) fs.writeFileSync(path.join(ctx.work, d, n), data);
-    }
-    const is = await ctx.build('gs', path.join(ctx.work, 'gs'), ['--chunk-size', '0x10000']);
-    const ia = await ctx.build('ga', path.join(ctx.work, 'ga'), ['--chunk-size', '0x10000', '--chunk-dict', is.boot]);
-    const ib = await ctx.build('gb', path.join(ctx.work, 'gb'), ['--chunk-size', '0x10000', '--chunk-dict', is.boot]);
-    const sharedId: string = is.report.blobs[0];
-    const ownA: string = ia.report.blobs.find((x: string) => x !== sharedId);
-    const ownB: string = ib.report.blobs.find((x: string) => x !== sharedId);
-    // one domain: on fscache the images share the blob's object in volume erofs,gcdom
-    const ma = await ctx.mountImage('ga', ia, { domain: 'gcdom' });
-    const mb = await ctx.mountImage('gb', ib, { domain: 'gcdom' });
-    for (const [n, data] of Object.entries(dirs.ga)) assert.ok(fs.readFileSync(path.join(ma, n)).equals(data), `ga/${n}`);
-    for (const [n, data] of Object.entries(dirs.gb)) assert.ok(fs.readFileSync(path.join(mb, n)).equals(data), `gb/${n}`);
-    const usage = async (): Promise<any> => JSON.parse(await ctx.cli(['cache', 'usage', '-A', ctx.sock, '--json']));
-    const entry = (u: any, id: string): any => u.blobs.find((x: any) => x.blob_id === id && (h.frontend === 'fanotify' || x.volume === 'gcdom'));
-    let u = await usage();
-    assert.equal(u.frontend, h.frontend);
-    assert.ok(u.filesystem.total_bytes > 0 && u.filesystem.files_total > 0, JSON.stringify(u.filesystem));
-    for (const id of [sharedId, ownA, ownB]) {
-      const x = entry(u, id);
-      assert.ok(x && x.mounted && x.referenced && x.kind === 'blob' && x.disk_bytes > 0, `${id}: ${JSON.stringify(x)}`);
-      assert.ok(x.last_access && Date.now() - Date.parse(x.last_access) < 600_000, `last access of ${id}: ${x.last_access}`);
-    }
-    assert.equal(entry(u, ownA).chunks_present, entry(u, ownA).chunk_count, JSON.stringify(entry(u, ownA)));
-    assert.ok(u.images.find((i: any) => i.id === 'ga').mounted);
-
-    await ctx.umount(ma); // unmount + unregister: automatic passes keep recently read data (grace)
-    assert.ok(entry(await usage(), ownA), 'nothing is removed before a gc');
-    const fetchedB = (await ctx.api.metrics() as any).blobs.filter((x: any) => ib.report.blobs.includes(x.blob_id)).reduce((n: number, x: any) => n + x.backend_bytes, 0);
-    // fscache: the kernel's CLOSE of the unmounted image's objects may come after umount returns
-    const removed: any[] = [];
-    await waitUntil('gc to remove the unregistered image\'s own blob', async () => {
-      const r = JSON.parse(await ctx.cli(['cache', 'gc', '-A', ctx.sock, '--json']));
-      removed.push(...r.removed);
-      return removed.some((x) => x.blob_id === ownA);
-    }, 60_000);
-    assert.ok(!removed.some((x) => x.blob_id === sharedId || x.blob_id === ownB), `gc removed data still in use: ${JSON.stringify(removed)}`);
-    if (h.frontend === 'fscache') assert.ok(removed.some((x) => x.blob_id === 'ga' && x.volume === 'gcdom') || !entry(await usage(), 'ga'), 'the bootstrap object of ga goes too');
-    u = await usage();
-    assert.equal(entry(u, ownA), undefined, JSON.stringify(u.blobs));
-    for (const id of [sharedId, ownB]) assert.ok(entry(u, id)?.disk_bytes > 0, `${id} keeps its data: ${JSON.stringify(entry(u, id))}`);
-    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
-    for (const [n, data] of Object.entries(dirs.gb)) assert.ok(fs.readFileSync(path.join(mb, n)).equals(data), `gb/${n} after gc`);
-    const m = (await ctx.api.metrics()) as any;
-    assert.equal(m.blobs.filter((x: any) => ib.report.blobs.includes(x.blob_id)).reduce((n: number, x: any) => n + x.backend_bytes, 0), fetchedB, 'gb read everything from the cache');
-    assert.ok(m.cache.gc_blobs_removed >= 1 && m.cache.gc_bytes_freed > 0, JSON.stringify(m.cache));
-    await ctx.umount(mb);
-  });
-
   return ctx;
 }
