@@ -25,8 +25,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as crypto from 'node:crypto';
-import { execFileSync } from 'node:child_process';
-import { cli, sh, Mounts } from './helpers/mount';
+import { execFileSync, spawn } from 'node:child_process';
+import { cli, sh, Mounts, CLI } from './helpers/mount';
 import { makeTmpDir, removeTmpDir } from './helpers/tmp';
 import { snapshotTree, diffTrees } from './helpers/tree-compare';
 import { startRegistry, seedImage, TestRegistry, SeededImage } from './helpers/registry';
@@ -437,7 +437,7 @@ test('daemon trace API: start / get / stop; a blob complete in the cache raises 
   umount(mnt);
 });
 
-test('optimize errors: a failing workload writes nothing unless --allow-failure; --timeout keeps the trace; bad input is named', async () => {
+test('optimize errors: a failing workload writes nothing unless --allow-failure; --timeout keeps the trace; Ctrl-C stops it; bad input is named', async () => {
   const list = path.join(work, 'fail.list');
   const base = ['optimize', '-B', img.boot, '-D', img.blobs, ...daemonArgs(), '--work-dir', work];
   let r = cli([...base, '--save-list', list, '--', '/bin/sh', '-c', 'cat /data/a; exit 3']);
@@ -451,6 +451,19 @@ test('optimize errors: a failing workload writes nothing unless --allow-failure;
   const tr = nydus([...base, '--save-list', tl, '--timeout', '2', '--json', '--', '/bin/sh', '-c', 'cat /data/c > /dev/null; while :; do :; done']);
   assert.equal(JSON.parse(tr.stdout).record.workload.timed_out, true);
   assert.deepEqual(readList(tl), ['/bin/sh', LD_SO, LIBC, '/bin/cat', '/data/c']);
+  // Ctrl-C while the workload runs: it is stopped, the mount goes, nothing is written
+  const il = path.join(work, 'interrupted.list');
+  const child = spawn(process.execPath, [CLI, ...base, '--save-list', il, '--', '/bin/sh', '-c', 'cat /data/a; while :; do :; done'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  await waitUntil('the workload to run', async () => ((await api.metrics()) as { mounts: Array<{ mountpoint: string }> }).mounts.some((m) => m.mountpoint.includes('.nydus-optimize-mnt-')) &&
+    (await api.getTrace(((await api.metrics()) as { mounts: Array<{ mountpoint: string }> }).mounts[0].mountpoint).catch(() => undefined))?.events.some((e) => e.t === 'read') === true);
+  child.kill('SIGINT');
+  assert.equal(await exited, 1, stderr);
+  assert.match(stderr, /interrupted: the workload was stopped; nothing is written/);
+  assert.ok(!fs.existsSync(il));
+
   assert.deepEqual(mounted, [], 'optimize leaves no mount behind');
   assert.equal(((await api.metrics()) as { mounts: unknown[] }).mounts.length, 0, 'nor a daemon mount');
 
@@ -512,6 +525,13 @@ test('registry image: optimize --image --target pushes an image check-image acce
   const { fetchNydusBootstrap } = await import('../src/oci/convert');
   await fetchNydusBootstrap(openSource(optRef), bootFile);
   assertStartupFirst(bootFile, list, 'optimize --image');
+
+  // a registry image rebuilt into local files: every blob it uses is there, and it checks
+  const local = { boot: path.join(work, 'reg-local', 'image.boot'), blobs: path.join(work, 'reg-local', 'blobs') };
+  nydus(['optimize', '--image', nydusRef, '--insecure', '--trace', trace, '--output-bootstrap', local.boot, '--output-blob-dir', local.blobs, '--work-dir', work]);
+  assert.deepEqual(fs.readdirSync(local.blobs).sort(), blobIdsOf(local.boot).sort());
+  assert.match(nydus(['check', local.boot, '-D', local.blobs]).stdout, /OK/);
+  assert.equal(fs.readFileSync(local.boot).compare(fs.readFileSync(bootFile)), 0, 'the same bootstrap as the pushed one');
 
   // convert --prefetch-list from the OCI source makes the very same image
   const convRef = reg.ref('nydus/app', 'v1-conv');

@@ -24,8 +24,11 @@ export const FAN_MARK_FILESYSTEM = 0x100;
 /** the mark a trace puts on the traced mount's superblock */
 export const TRACE_OPEN_MASK = BigInt(FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM);
 
-/** events kept per trace; later ones are counted in `dropped` (memory stays bounded) */
-export const TRACE_EVENT_LIMIT = 1 << 20;
+/**
+ * events kept per trace; later ones are counted in `dropped` (memory stays bounded: ~25 MiB).
+ * A read event covers at least a page and usually a readahead window, so this is ≥ 1 GiB read.
+ */
+export const TRACE_EVENT_LIMIT = 1 << 18;
 
 export interface TraceOpenEvent {
   seq: number;

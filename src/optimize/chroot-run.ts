@@ -36,12 +36,16 @@ export interface WorkloadOptions {
   workDir?: string;
   /** the workload's stdout: ours (default), or our stderr (when our stdout carries JSON) */
   stdout?: 'inherit' | 'stderr';
+  /** stop the workload (as a timeout does) */
+  signal?: AbortSignal;
 }
 
 export interface WorkloadResult {
   exit_code: number;
   /** stopped by the timeout */
   timed_out: boolean;
+  /** stopped through `signal` */
+  aborted: boolean;
   duration_ms: number;
 }
 
@@ -72,19 +76,26 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       stdio: o.stdout === 'stderr' ? ['inherit', 2, 'inherit'] : 'inherit',
     });
     let timedOut = false;
+    let aborted = false;
+    // unshare ignores SIGTERM while it waits for its child; SIGKILL ends it, and --kill-child
+    // (PR_SET_PDEATHSIG) then ends the namespace's first process and with it the workload
     const timer = o.timeoutS ? setTimeout(() => {
       timedOut = true;
-      // unshare ignores SIGTERM while it waits for its child; SIGKILL ends it, and --kill-child
-      // (PR_SET_PDEATHSIG) then ends the namespace's first process and with it the workload
       child.kill('SIGKILL');
     }, o.timeoutS * 1000) : undefined;
+    const onAbort = (): void => {
+      aborted = true;
+      child.kill('SIGKILL');
+    };
+    o.signal?.addEventListener('abort', onAbort, { once: true });
     const code = await new Promise<number>((resolve, reject) => {
       child.once('error', (e) => reject(new NydusError('ERR_INVALID_ARGUMENT', `cannot run unshare(1) (util-linux) for the workload: ${e.message}`)));
       child.once('exit', (c, sig) => resolve(c ?? 128 + (os.constants.signals[sig as keyof typeof os.constants.signals] ?? 0)));
     });
     clearTimeout(timer);
-    if (code === SETUP_FAILED && !timedOut) throw new NydusError('ERR_KERNEL', `cannot set up the workload's root on ${o.root} (see the message above)`);
-    return { exit_code: code, timed_out: timedOut, duration_ms: Math.round(performance.now() - t0) };
+    o.signal?.removeEventListener('abort', onAbort);
+    if (code === SETUP_FAILED && !timedOut && !aborted) throw new NydusError('ERR_KERNEL', `cannot set up the workload's root on ${o.root} (see the message above)`);
+    return { exit_code: code, timed_out: timedOut, aborted, duration_ms: Math.round(performance.now() - t0) };
   } finally {
     fs.rmSync(scratch, { recursive: true, force: true });
   }

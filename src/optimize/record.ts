@@ -41,6 +41,8 @@ export interface RecordResult {
   timings_ms: { mount: number; workload: number; total: number };
 }
 
+const interrupted = (): NydusError => new NydusError('ERR_INVALID_ARGUMENT', 'interrupted: the workload was stopped; nothing is written');
+
 export async function recordWorkload(o: RecordOptions): Promise<RecordResult> {
   const t0 = performance.now();
   fs.mkdirSync(o.scratchDir, { recursive: true });
@@ -53,6 +55,11 @@ export async function recordWorkload(o: RecordOptions): Promise<RecordResult> {
   let mounted = false;
   let trace: MountTrace | undefined;
   const client = new DaemonApiClient(o.sock, { timeoutMs: 0 });
+  // Ctrl-C / SIGTERM: stop the workload, then unmount as usual; nothing is written
+  const stop = new AbortController();
+  const onSignal = (): void => stop.abort();
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     let frontend: string;
     if (o.source.kind === 'local') {
@@ -89,14 +96,16 @@ export async function recordWorkload(o: RecordOptions): Promise<RecordResult> {
     if (frontend !== 'fanotify') throw new NydusError('ERR_UNSUPPORTED', `the daemon on ${o.sock} serves the ${frontend} front end, which cannot record access traces; optimize needs the fanotify front end (Linux ≥ 6.14)`);
     const tMount = performance.now();
     o.log?.(`mounted ${reference ?? bootstrap} lazily on ${mnt}; running the workload`);
+    if (stop.signal.aborted) throw interrupted();
     await client.startTrace(mnt);
     let workload: WorkloadResult;
     try {
-      workload = await runWorkload({ ...o.workload, root: mnt, workDir: o.scratchDir });
+      workload = await runWorkload({ ...o.workload, root: mnt, workDir: o.scratchDir, signal: stop.signal });
     } finally {
       trace = await client.stopTrace(mnt);
     }
     const tRun = performance.now();
+    if (workload.aborted) throw interrupted();
     if (workload.exit_code !== 0 && !workload.timed_out && !o.allowFailure) {
       throw new NydusError('ERR_INVALID_ARGUMENT', `the workload (${o.workload.argv.join(' ')}) exited with status ${workload.exit_code}: nothing is written (--allow-failure keeps the trace of a failing workload)`, { exitCode: workload.exit_code });
     }
@@ -105,6 +114,8 @@ export async function recordWorkload(o: RecordOptions): Promise<RecordResult> {
       timings_ms: { mount: Math.round(tMount - t0), workload: Math.round(tRun - tMount), total: Math.round(performance.now() - t0) },
     };
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     client.close();
     if (mounted) {
       await unmountImage(mnt).catch((e) => o.log?.(`warning: unmounting ${mnt}: ${(e as Error).message}`));
