@@ -192,15 +192,18 @@ a workload stopped by --timeout counts as done. A trace with no read is an error
     .option('--json', 'print the access trace as JSON on stdout')
     .option('-J, --output-json <file>', "write the access trace as JSON ('-' = stdout)");
   common(trace.command('start').description('start recording what is read from a mount (start it before the workload touches the mount: cached pages raise no events)'))
+    .option('--json', 'print the daemon\'s answer (the empty trace: mount, image, blobs) as JSON')
     .action(async (mnt: string, o) => {
       const { DaemonApiClient } = await import('../daemon/api-client');
       const c = new DaemonApiClient(path.resolve(o.apisock));
+      let started: MountTrace;
       try {
-        await c.startTrace(path.resolve(mnt));
+        started = await c.startTrace(path.resolve(mnt));
       } finally {
         c.close();
       }
-      process.stderr.write(`tracing ${path.resolve(mnt)}; \`nydus-ts trace stop ${mnt} --save-trace FILE\` when the workload is done\n`);
+      process.stderr.write(`tracing ${started.mountpoint} (image ${started.id}); \`nydus-ts trace stop ${mnt} --save-trace FILE\` when the workload is done\n`);
+      emitJson(o.json ? '-' : undefined, started);
     });
   for (const [name, stop] of [['show', false], ['stop', true]] as const) {
     outputs(common(trace.command(name).description(stop ? 'stop recording and write the trace' : 'write the trace so far (recording goes on)')))
