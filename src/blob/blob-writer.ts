@@ -32,15 +32,27 @@ export interface FinishedBlob {
   chunks: BlobChunk[];
 }
 
+/** Start writeback of what is written every this many bytes (see `write`). */
+const SYNC_EVERY = 32 << 20;
+
 export class BlobWriter {
   private fd: number;
   private readonly tmpPath: string;
   private readonly hash = crypto.createHash('sha256');
-  private pos = 0; // bytes written to the file so far
+  private pos = 0; // bytes written to the file so far, pending ones included
   private uncompressedEnd = 0;
   readonly chunks: BlobChunk[] = [];
-  private readonly digests: Buffer[] = [];
+  /** chunk digests back to back (the TOC's digest array) */
+  private digests: Buffer = Buffer.alloc(64 * 32);
+  /** chunk bytes added but not yet written (views the caller keeps valid until flush()) */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private written = 0;
+  private syncedTo = 0;
+  private syncing: Promise<void> | null = null;
+  private syncError: Error | null = null;
   private closed = false;
+  private sealed: FinishedBlob | null = null;
 
   constructor(readonly opts: BlobWriterOptions) {
     fs.mkdirSync(opts.dir, { recursive: true });
@@ -56,13 +68,56 @@ export class BlobWriter {
   }
 
   private write(buf: Buffer): void {
-    let off = 0;
-    while (off < buf.length) off += fs.writeSync(this.fd, buf, off, buf.length - off, this.pos + off);
-    this.hash.update(buf);
+    this.pending.push(buf);
+    this.pendingBytes += buf.length;
     this.pos += buf.length;
+    this.flush();
   }
 
-  /** Append one chunk (already compressed or stored raw); returns its ci entry. */
+  /**
+   * Write what addChunk() queued (one writev per call) and hash it. While the build goes on,
+   * every SYNC_EVERY bytes an fdatasync runs on the libuv pool, so the disk writes the blob
+   * while the workers compress and the final fsync has little left to do.
+   */
+  flush(): void {
+    const bufs = this.pending;
+    if (!bufs.length) return;
+    this.pending = [];
+    for (const b of bufs) this.hash.update(b);
+    let at = this.written;
+    for (let i = 0; i < bufs.length; ) {
+      // writev takes at most IOV_MAX (1024) pieces; a short write continues where it stopped
+      const batch = i === 0 && bufs.length <= 1024 ? bufs : bufs.slice(i, i + 1024);
+      let n = fs.writevSync(this.fd, batch, at);
+      at += n;
+      while (i < bufs.length && n >= bufs[i].length) n -= bufs[i++].length;
+      if (n > 0) bufs[i] = bufs[i].subarray(n);
+    }
+    this.written = at;
+    this.pendingBytes = 0;
+    if (this.written - this.syncedTo >= SYNC_EVERY && !this.syncing && !this.closed) this.startSync();
+  }
+
+  private startSync(): void {
+    const to = this.written;
+    const p = new Promise<void>((resolve) => {
+      fs.fdatasync(this.fd, (err) => {
+        if (err) this.syncError ??= err;
+        else this.syncedTo = to;
+        resolve();
+      });
+    });
+    this.syncing = p;
+    void p.then(() => {
+      if (this.syncing === p) this.syncing = null;
+    });
+  }
+
+  /**
+   * Append one chunk (already compressed or stored raw); returns its ci entry. `data` is
+   * written by the next flush() (the sink calls it once per slot), so it must stay unchanged
+   * until then.
+   */
   addChunk(data: Buffer, compressed: boolean, uncompressedSize: number, digest: Buffer): BlobChunk {
     if (this.chunks.length >= 1 << 24) throw new NydusError('ERR_UNSUPPORTED', 'a blob can hold at most 2^24 chunks');
     const c: BlobChunk = {
@@ -73,22 +128,44 @@ export class BlobWriter {
       uncompressedSize,
       compressed,
     };
-    this.write(data);
+    this.pending.push(data);
+    this.pendingBytes += data.length;
+    this.pos += data.length;
+    if (this.pendingBytes >= 4 << 20) this.flush();
     // v6 aligned chunks: each chunk starts on a 4 KiB boundary of the uncompressed space.
     this.uncompressedEnd = alignUp(this.uncompressedEnd + uncompressedSize, EROFS_BLOCK_SIZE);
+    if ((this.chunks.length + 1) * 32 > this.digests.length) this.digests = grow(this.digests, this.digests.length * 2);
+    digest.copy(this.digests, this.chunks.length * 32);
     this.chunks.push(c);
-    this.digests.push(digest);
     return c;
   }
 
-  /** Finish the blob; returns undefined (and removes the temp file) when it holds no chunk. */
-  finish(): FinishedBlob | undefined {
+  /**
+   * Write the blob's trailer (ci array, header, TOC) and start its fsync on the libuv pool;
+   * returns the blob's id and table entry, or undefined (temp file removed) when it holds no
+   * chunk. The blob gets its final name in persist(), so the caller can lay out the bootstrap
+   * while the disk catches up.
+   */
+  seal(): FinishedBlob | undefined {
+    const sealed = this.writeTrailer();
+    if (!sealed) return undefined;
+    const previous = this.syncing;
+    const fd = this.fd;
+    this.syncing = (async () => {
+      await previous;
+      await new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
+    })();
+    this.syncing.catch(() => undefined); // persist() reports it
+    return sealed;
+  }
+
+  private writeTrailer(): FinishedBlob | undefined {
     if (this.closed) throw new Error('blob writer already finished');
+    this.flush();
     this.closed = true;
     const n = this.chunks.length;
     if (n === 0) {
-      fs.closeSync(this.fd);
-      fs.rmSync(this.tmpPath, { force: true });
+      this.closeAndRemove();
       return undefined;
     }
     const toc = this.opts.toc;
@@ -117,7 +194,7 @@ export class BlobWriter {
       this.write(encodeSectionTarHeader(TOC_NAMES.meta, ci.length + header.length));
       tocEntries.push(encodeTocEntry({ flags: TocFlag.NONE, name: TOC_NAMES.meta, digest: sha256(ci), compressedOffset: ciOffset, compressedSize: ci.length, uncompressedSize: ci.length }));
       tocEntries.push(encodeTocEntry({ flags: TocFlag.NONE, name: TOC_NAMES.metaHeader, digest: sha256(header), compressedOffset: ciOffset + ci.length, compressedSize: header.length, uncompressedSize: header.length }));
-      const digestArray = Buffer.concat(this.digests);
+      const digestArray = this.digests.subarray(0, n * 32);
       const digestOffset = this.pos;
       this.write(digestArray);
       this.write(encodeSectionTarHeader(TOC_NAMES.digest, digestArray.length));
@@ -133,11 +210,7 @@ export class BlobWriter {
       tocSize = entries.length + hdr.length;
       tocDigest = sha256(Buffer.concat([entries, hdr]));
     }
-    fs.fsyncSync(this.fd);
-    fs.closeSync(this.fd);
     const blobId = this.hash.digest('hex');
-    const finalPath = path.join(this.opts.dir, blobId);
-    fs.renameSync(this.tmpPath, finalPath);
     const entry: BlobEntry = {
       blobId,
       blobIndex: 0,
@@ -159,16 +232,81 @@ export class BlobWriter {
       cipherIv: Buffer.alloc(8),
       cipherAlgo: 0,
     };
-    return { blobId, path: finalPath, entry, chunks: this.chunks };
+    this.flush();
+    this.digests = Buffer.alloc(0);
+    this.sealed = { blobId, path: path.join(this.opts.dir, blobId), entry, chunks: this.chunks };
+    return this.sealed;
   }
 
-  /** Drop a half-written blob (error paths). */
-  abort(): void {
-    if (this.closed) return;
-    this.closed = true;
-    try { fs.closeSync(this.fd); } catch { /* already closed */ }
-    fs.rmSync(this.tmpPath, { force: true });
+  /** Wait for the sealed blob to be on disk, then give it its final name (the blob id). */
+  async persist(): Promise<FinishedBlob> {
+    const sealed = this.sealed;
+    if (!sealed) throw new Error('blob writer: persist() before seal()');
+    try {
+      await this.syncing;
+      this.syncing = null;
+      if (this.syncError) throw this.syncError;
+    } catch (e) {
+      this.syncing = null;
+      this.closeAndRemove();
+      throw new NydusError('ERR_IO', `blob ${this.tmpPath}: cannot write to disk: ${(e as Error).message}`, { path: this.tmpPath });
+    }
+    this.closeFd();
+    fs.renameSync(this.tmpPath, sealed.path);
+    this.sealed = null;
+    return sealed;
   }
+
+  /**
+   * Finish in one step, synchronously: trailer, fsync, final name. Returns undefined (and
+   * removes the temp file) when the blob holds no chunk.
+   */
+  finish(): FinishedBlob | undefined {
+    const sealed = this.writeTrailer();
+    if (!sealed) return undefined;
+    try {
+      fs.fsyncSync(this.fd);
+      if (this.syncError) throw this.syncError;
+    } catch (e) {
+      this.closeAndRemove();
+      throw new NydusError('ERR_IO', `blob ${this.tmpPath}: cannot write to disk: ${(e as Error).message}`, { path: this.tmpPath });
+    }
+    this.closeFd();
+    fs.renameSync(this.tmpPath, sealed.path);
+    this.sealed = null;
+    return sealed;
+  }
+
+  /** Drop a half-written or sealed, not yet persisted blob (error paths). */
+  abort(): void {
+    if (this.closed && !this.sealed) return;
+    this.closed = true;
+    this.sealed = null;
+    this.closeAndRemove();
+  }
+
+  private closeAndRemove(): void {
+    fs.rmSync(this.tmpPath, { force: true });
+    this.closeFd();
+  }
+
+  private closeFd(): void {
+    const fd = this.fd;
+    this.fd = -1;
+    if (fd < 0) return;
+    // An fsync may still run on the fd in the libuv pool: close it once that is over.
+    const close = (): void => {
+      try { fs.closeSync(fd); } catch { /* already closed */ }
+    };
+    if (this.syncing) void this.syncing.then(close, close);
+    else close();
+  }
+}
+
+function grow(b: Buffer, size: number): Buffer {
+  const g = Buffer.alloc(size);
+  b.copy(g);
+  return g;
 }
 
 function sha256(b: Buffer): Buffer {

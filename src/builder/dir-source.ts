@@ -3,7 +3,7 @@
  * for chunking. Paths are handled as raw bytes so non-UTF-8 names survive.
  */
 import * as fs from 'node:fs';
-import { TreeNode, Inode, newInode, splitPath, nameKey } from '../tree/node';
+import { TreeNode, Inode, newInode, splitPath, nameKey, NO_XATTRS, KeyedNode } from '../tree/node';
 import { S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK } from '../format/constants';
 import { llistxattr, lgetxattr, devMajor, devMinor, lseek, SEEK_DATA } from '../sys/native';
 import { zeroView } from './chunk-sink';
@@ -18,18 +18,20 @@ export interface DirFile {
   blocks: number;
 }
 
+const SLASH = Buffer.from('/');
 function join(a: Buffer, b: Buffer): Buffer {
-  return Buffer.concat([a, Buffer.from('/'), b]);
+  return Buffer.concat([a, SLASH, b]);
 }
 
 function readXattrs(p: Buffer, display: string, warn: (m: string) => void): Map<string, Buffer> {
-  const m = new Map<string, Buffer>();
   let names: string[];
   try {
     names = llistxattr(p);
   } catch (e) {
     throw new NydusError('ERR_IO', `${display}: cannot list xattrs: ${(e as Error).message}`, { path: display }, { cause: e });
   }
+  if (!names.length) return NO_XATTRS;
+  const m = new Map<string, Buffer>();
   for (const n of names.sort()) {
     // Security modules may list names they refuse to return (e.g. security.selinux on some setups).
     try {
@@ -54,7 +56,8 @@ function inodeFromStat(st: fs.BigIntStats, p: Buffer, display: string, warn: (m:
   const type = mode & S_IFMT;
   if (type === S_IFREG) inode.size = Number(st.size);
   if (type === S_IFLNK) {
-    inode.symlink = fs.readlinkSync(p, { encoding: 'buffer' });
+    // a copy from node's shared pool: readlink's own buffer has a backing store of its own
+    inode.symlink = Buffer.from(fs.readlinkSync(p, { encoding: 'buffer' }));
     inode.size = inode.symlink.length;
   }
   if (type === S_IFCHR || type === S_IFBLK) {
@@ -69,60 +72,9 @@ function inodeFromStat(st: fs.BigIntStats, p: Buffer, display: string, warn: (m:
  * prefetch patterns first (pattern order), then the rest breadth-first, as nydus-image does.
  */
 export function scanDirectory(rootPath: string, prefetch: string[] = [], warn: (m: string) => void = () => undefined): { root: TreeNode; files: DirFile[] } {
-  const rootBuf = Buffer.from(rootPath);
-  let st: fs.BigIntStats;
-  try {
-    st = fs.lstatSync(rootBuf, { bigint: true });
-  } catch (e) {
-    throw new NydusError('ERR_INVALID_ARGUMENT', `source directory ${rootPath}: ${(e as Error).message}`, { path: rootPath });
-  }
-  if ((Number(st.mode) & S_IFMT) !== S_IFDIR) throw new NydusError('ERR_INVALID_ARGUMENT', `source ${rootPath} is not a directory`, { path: rootPath });
-  const root: TreeNode = { name: Buffer.from('/'), inode: inodeFromStat(st, rootBuf, rootPath, warn), children: new Map() };
-  const links = new Map<string, Inode>();
-  const files: DirFile[] = [];
-  const seenFiles = new Set<Inode>();
-  const rootDev = st.dev;
-  // Breadth-first so data order matches nydus' BFS dump.
-  let level: { node: TreeNode; path: Buffer; rel: string }[] = [{ node: root, path: rootBuf, rel: '' }];
-  while (level.length) {
-    const next: typeof level = [];
-    for (const dir of level) {
-      let names: Buffer[];
-      try {
-        names = fs.readdirSync(dir.path, { encoding: 'buffer' });
-      } catch (e) {
-        throw new NydusError('ERR_IO', `${rootPath}${dir.rel || '/'}: cannot read directory: ${(e as Error).message}`, { path: dir.rel });
-      }
-      names.sort(Buffer.compare);
-      for (const name of names) {
-        const p = join(dir.path, name);
-        const rel = dir.rel + '/' + name.toString();
-        const cst = fs.lstatSync(p, { bigint: true });
-        const type = Number(cst.mode) & S_IFMT;
-        let inode: Inode;
-        const linkKey = `${cst.dev}:${cst.ino}`;
-        if (type !== S_IFDIR && cst.nlink > 1n && links.has(linkKey)) {
-          inode = links.get(linkKey)!;
-        } else {
-          inode = inodeFromStat(cst, p, rootPath + rel, warn);
-          if (type !== S_IFDIR && cst.nlink > 1n) links.set(linkKey, inode);
-        }
-        const node: TreeNode = { name, inode };
-        dir.node.children!.set(nameKey(name), node);
-        if (type === S_IFDIR) {
-          node.children = new Map();
-          if (cst.dev !== rootDev) {
-            // Another filesystem is mounted here; include it like `cp -a` would, noting nothing.
-          }
-          next.push({ node, path: p, rel });
-        } else if (type === S_IFREG && !seenFiles.has(inode)) {
-          seenFiles.add(inode);
-          files.push({ path: p, display: rootPath + rel, inode, blocks: Number(cst.blocks) });
-        }
-      }
-    }
-    level = next;
-  }
+  const walk = walkDirectory(rootPath, warn);
+  const files = [...walk.files];
+  const root = walk.root;
   if (prefetch.length) {
     const order = new Map<Inode, number>();
     prefetch.forEach((pat, i) => {
@@ -141,50 +93,132 @@ export function scanDirectory(rootPath: string, prefetch: string[] = [], warn: (
 }
 
 /**
- * Stream a file in chunk-sized reads (each a fresh buffer handed to the pipeline). Chunks that
- * lie entirely in a hole of a sparse file are not read: they come as `zeroView(n)`.
- *
- * The open/read/close calls are synchronous on purpose: most files of a rootfs are a few KiB,
- * and three thread-pool round trips per file (fs.promises) left the workers idle most of the
- * time (bench/README.md: 2.4 s -> 1.4 s on a Debian rootfs). The generator still yields, so
- * the sink's in-flight limit lets worker results be committed between reads.
+ * Walk `rootPath` breadth-first (nydus' data order), one directory at a time: `files` yields
+ * each regular file (hardlinks once) as soon as its directory is read, so the builder chunks
+ * files while the walk goes on. `root` is the tree, complete once `files` is exhausted.
  */
-export async function* readFileChunks(p: Buffer, size: number, chunkSize: number, display: string, blocks?: number): AsyncGenerator<Buffer> {
+export function walkDirectory(rootPath: string, warn: (m: string) => void = () => undefined): { root: TreeNode; files: Generator<DirFile, void> } {
+  const rootBuf = Buffer.from(rootPath);
+  let st: fs.BigIntStats;
+  try {
+    st = fs.lstatSync(rootBuf, { bigint: true });
+  } catch (e) {
+    throw new NydusError('ERR_INVALID_ARGUMENT', `source directory ${rootPath}: ${(e as Error).message}`, { path: rootPath });
+  }
+  if ((Number(st.mode) & S_IFMT) !== S_IFDIR) throw new NydusError('ERR_INVALID_ARGUMENT', `source ${rootPath} is not a directory`, { path: rootPath });
+  const root: TreeNode = { name: Buffer.from('/'), inode: inodeFromStat(st, rootBuf, rootPath, warn), children: new Map() };
+  return { root, files: walk(root, rootBuf, rootPath, warn) };
+}
+
+function* walk(root: TreeNode, rootBuf: Buffer, rootPath: string, warn: (m: string) => void): Generator<DirFile, void> {
+  const links = new Map<string, Inode>();
+  const seenFiles = new Set<Inode>();
+  // Breadth-first so data order matches nydus' BFS dump.
+  let level: { node: TreeNode; path: Buffer; rel: string }[] = [{ node: root, path: rootBuf, rel: '' }];
+  while (level.length) {
+    const next: typeof level = [];
+    for (const dir of level) {
+      // latin1 strings are the raw name bytes (and the children map's keys); comparing them
+      // orders like the bytes do
+      let keys: string[];
+      try {
+        keys = fs.readdirSync(dir.path, { encoding: 'latin1' });
+      } catch (e) {
+        throw new NydusError('ERR_IO', `${rootPath}${dir.rel || '/'}: cannot read directory: ${(e as Error).message}`, { path: dir.rel });
+      }
+      keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      const found: DirFile[] = [];
+      for (const key of keys) {
+        // from node's shared pool (readdir's own Buffers have a backing store each)
+        const name = Buffer.from(key, 'latin1');
+        const p = join(dir.path, name);
+        const rel = dir.rel + '/' + name.toString();
+        const cst = fs.lstatSync(p, { bigint: true });
+        const type = Number(cst.mode) & S_IFMT;
+        let inode: Inode;
+        const linkKey = type !== S_IFDIR && cst.nlink > 1n ? `${cst.dev}:${cst.ino}` : '';
+        if (linkKey && links.has(linkKey)) {
+          inode = links.get(linkKey)!;
+        } else {
+          inode = inodeFromStat(cst, p, rootPath + rel, warn);
+          if (linkKey) links.set(linkKey, inode);
+        }
+        const node = new KeyedNode(key, inode);
+        dir.node.children!.set(key, node);
+        if (type === S_IFDIR) {
+          // Another filesystem mounted here is included, like `cp -a` would.
+          node.children = new Map();
+          next.push({ node, path: p, rel });
+        } else if (type === S_IFREG && !seenFiles.has(inode)) {
+          if (linkKey) seenFiles.add(inode);
+          found.push({ path: p, display: rootPath + rel, inode, blocks: Number(cst.blocks) });
+        }
+      }
+      // A directory's entries are all in the tree before its files are handed out.
+      yield* found;
+    }
+    level = next;
+  }
+}
+
+/**
+ * Open a regular file for the chunk sink: `read(dst, offset)` fills dst with the file's bytes
+ * at offset (synchronous pread(2)s straight into the sink's memory: most files of a rootfs are
+ * a few KiB, and thread-pool round trips per file left the workers idle, bench/README.md);
+ * `isHole(offset, n)` is true when that range lies in a hole of a sparse file (found with
+ * SEEK_DATA; such chunks are not read). Call `close()` in any case.
+ */
+export function openDirFile(f: DirFile): { read: (dst: Buffer, offset: number) => void; isHole?: (offset: number, n: number) => boolean; close: () => void } {
+  const display = f.display;
   let fd: number;
   try {
-    fd = fs.openSync(p, 'r');
+    fd = fs.openSync(f.path, 'r');
   } catch (e) {
     throw new NydusError('ERR_IO', `${display}: cannot open: ${(e as Error).message}`, { path: display });
   }
+  const size = f.inode.size;
+  const read = (dst: Buffer, offset: number): void => {
+    let got = 0;
+    while (got < dst.length) {
+      const n = fs.readSync(fd, dst, got, dst.length - got, offset + got);
+      if (n === 0) throw new NydusError('ERR_IO', `${display}: file shrank while building (expected ${size} bytes)`, { path: display });
+      got += n;
+    }
+  };
   // Only files with fewer allocated blocks than their size can have holes.
-  const sparse = blocks !== undefined && blocks * 512 < size;
-  let nextData = 0; // next offset known to hold data (SEEK_DATA), or Infinity past the last
-  try {
-    let pos = 0;
-    while (pos < size) {
-      const want = Math.min(chunkSize, size - pos);
-      if (sparse && nextData < pos + want) {
-        if (nextData < pos) {
-          const d = lseek(fd, pos, SEEK_DATA, display);
-          nextData = d < 0 ? Infinity : d;
-        }
+  let isHole: ((offset: number, n: number) => boolean) | undefined;
+  if (f.blocks * 512 < size) {
+    let nextData = 0; // next offset known to hold data (SEEK_DATA), or Infinity past the last
+    isHole = (offset, n) => {
+      if (nextData < offset) {
+        const d = lseek(fd, offset, SEEK_DATA, display);
+        nextData = d < 0 ? Infinity : d;
       }
-      if (sparse && nextData >= pos + want) {
-        pos += want;
+      return nextData >= offset + n;
+    };
+  }
+  return { read, isHole, close: () => fs.closeSync(fd) };
+}
+
+/**
+ * Stream a file in chunk-sized reads (each a fresh buffer). Chunks that lie entirely in a
+ * hole of a sparse file are not read: they come as `zeroView(n)`. (The builder itself reads
+ * through openDirFile() into its ring; this serves tools and the benchmark's breakdown.)
+ */
+export async function* readFileChunks(p: Buffer, size: number, chunkSize: number, display: string, blocks?: number): AsyncGenerator<Buffer> {
+  const f = openDirFile({ path: p, display, inode: { size } as Inode, blocks: blocks ?? Math.ceil(size / 512) });
+  try {
+    for (let pos = 0; pos < size; pos += chunkSize) {
+      const want = Math.min(chunkSize, size - pos);
+      if (f.isHole?.(pos, want)) {
         yield zeroView(want);
         continue;
       }
       const buf = Buffer.allocUnsafe(want);
-      let got = 0;
-      while (got < want) {
-        const bytesRead = fs.readSync(fd, buf, got, want - got, pos + got);
-        if (bytesRead === 0) throw new NydusError('ERR_IO', `${display}: file shrank while building (expected ${size} bytes)`, { path: display });
-        got += bytesRead;
-      }
-      pos += want;
+      f.read(buf, pos);
       yield buf;
     }
   } finally {
-    fs.closeSync(fd);
+    f.close();
   }
 }

@@ -1,5 +1,6 @@
 /** Which xattrs an EROFS image can hold, and what the builder does with the rest. */
 import { XATTR_PREFIXES } from '../format/constants';
+import { NO_XATTRS } from '../tree/node';
 
 export function isStorableXattr(name: string): boolean {
   return XATTR_PREFIXES.some((p) => (p.whole ? name === p.prefix : name.startsWith(p.prefix) && name.length > p.prefix.length));
@@ -11,11 +12,12 @@ export function isStorableXattr(name: string): boolean {
  * the entry, as GNU tar does on extraction, instead of failing the whole build.
  */
 export function storableXattrs(m: Map<string, Buffer>, where: string, warn: (msg: string) => void): Map<string, Buffer> {
+  if (m.size === 0) return NO_XATTRS;
   const out = new Map<string, Buffer>();
   for (const [k, v] of m) {
     if (!isStorableXattr(k)) warn(`${where}: dropped xattr "${k}" (EROFS stores only user., trusted., security. and POSIX ACL xattrs)`);
     else if (v.length > 0xffff) warn(`${where}: dropped xattr "${k}" (value of ${v.length} bytes exceeds 65535)`);
     else out.set(k, v);
   }
-  return out;
+  return out.size ? out : NO_XATTRS;
 }

@@ -135,6 +135,22 @@ export class ChunkPool {
 
   /** Starts the workers and waits until each has loaded its hash module. */
   static async create(opts: ChunkPoolOptions = {}): Promise<ChunkPool> {
+    const { pool, ready } = ChunkPool.start(opts);
+    try {
+      await ready;
+    } catch (err) {
+      await pool.terminateAll();
+      throw err;
+    }
+    return pool;
+  }
+
+  /**
+   * Starts the workers without waiting for them: work submitted meanwhile is queued until a
+   * worker is ready (a build scans its source while the workers load). `ready` rejects when a
+   * worker fails to start; the caller then closes the pool.
+   */
+  static start(opts: ChunkPoolOptions = {}): { pool: ChunkPool; ready: Promise<void> } {
     const requested = opts.threads ?? os.availableParallelism();
     if (!Number.isFinite(requested)) throw invalidArgument(`ChunkPool: invalid thread count ${requested}`);
     const threads = Math.max(1, Math.floor(requested));
@@ -143,13 +159,9 @@ export class ChunkPool {
     const pool = new ChunkPool(threads, mif);
     const started: Promise<void>[] = [];
     for (let i = 0; i < threads; i++) started.push(pool.spawn());
-    try {
-      await Promise.all(started);
-    } catch (err) {
-      await pool.terminateAll();
-      throw err;
-    }
-    return pool;
+    const ready = Promise.all(started).then(() => undefined);
+    ready.catch(() => undefined); // the caller may look at it late; never an unhandled rejection
+    return { pool, ready };
   }
 
   /** Tasks submitted and not yet settled (queued + running in workers). */
@@ -229,6 +241,26 @@ export class ChunkPool {
       });
       return results;
     });
+  }
+
+  /**
+   * Digest and compress the chunks laid out back to back in `views.input`, in place on shared
+   * memory (SharedArrayBuffer views; layout and results as ProcessSharedRequest in
+   * chunk-worker.ts): nothing is copied or allocated per chunk in either direction. The caller
+   * owns the memory and must not touch it until the promise settles.
+   */
+  processShared(
+    views: { input: Uint8Array; output: Uint8Array; digests: Uint8Array; csizes: Int32Array },
+    sizes: number[],
+    compressor: CompressorName,
+    digester: DigesterName,
+  ): Promise<void> {
+    if (this.closed) return Promise.reject(this.closedError('processShared'));
+    for (const v of [views.input, views.output, views.digests, views.csizes]) {
+      if (!(v.buffer instanceof SharedArrayBuffer)) return Promise.reject(invalidArgument('ChunkPool.processShared: every view must be on a SharedArrayBuffer'));
+    }
+    const { input, output, digests, csizes } = views; // only these go into the message
+    return this.submit({ id: 0, op: 'processShared', input, output, digests, csizes, sizes, compressor, digester }, []).then(() => undefined);
   }
 
   /** Resolves once at most `limit` tasks are pending (default 0: everything settled). */
@@ -349,6 +381,10 @@ export class ChunkPool {
         const idx = this.slots.indexOf(slot);
         if (idx >= 0) this.slots.splice(idx, 1);
         if (!slot.ready) {
+          // No worker left to run what is queued (a pool from start() takes work early).
+          if (this.slots.length === 0 && !this.closing) {
+            setImmediate(() => this.failQueued(new Error(`chunk worker exited with code ${code} before it was ready`)));
+          }
           rejectReady(
             new Error(`chunk worker exited with code ${code} before it was ready${slot.lastError ? `: ${slot.lastError.message}` : ''}`, {
               cause: slot.lastError,

@@ -7,6 +7,10 @@
  *                    the outputs back to back in `data`, and per input `sizes` and `flags`)
  *                  { id, op: 'decompress', data, compressor, compressed, uncompressedSize,
  *                    digester, expected }
+ *                  { id, op: 'processShared', input, output, digests, csizes, sizes, compressor,
+ *                    digester }  (every view on shared memory the caller owns: the worker
+ *                    writes digests, compressed bytes and sizes there and answers with an
+ *                    empty `data`; nothing is copied through the message)
  *   worker → main  { type: 'ready' } once, after the BLAKE3 module is loaded
  *                  { type: 'result', id, ok: true, digest?, data, compressed? }
  *                  { type: 'result', id, ok: false, error: SerializedError }
@@ -16,7 +20,7 @@
 import { parentPort } from 'node:worker_threads';
 import { NydusError, DigestMismatchError } from '../errors';
 import type { CompressorName, DigesterName } from '../format/constants';
-import { compressChunk, decompressChunk } from './compress';
+import { compressChunk, compressChunkInto, decompressChunk } from './compress';
 import { digest, digestReady } from './digest';
 
 export interface ProcessRequest {
@@ -54,7 +58,27 @@ export interface ProcessManyRequest {
   digester: DigesterName;
 }
 
-export type WorkerRequest = ProcessRequest | ProcessManyRequest | DecompressRequest | CrashRequest;
+/**
+ * Several chunks laid out back to back in `input` (sizes in `sizes`), processed in place on
+ * memory shared with the caller (SharedArrayBuffer views): digest i goes to digests[32i, 32i+32);
+ * the chunks that compress to fewer bytes are written back to back from output[0], and
+ * csizes[i] is the compressed size of chunk i or -1 when it is stored raw (its bytes are
+ * input's). `output` must have compressSlack() spare bytes beyond input's length so that
+ * compression never needs a scratch copy.
+ */
+export interface ProcessSharedRequest {
+  id: number;
+  op: 'processShared';
+  input: Uint8Array;
+  output: Uint8Array;
+  digests: Uint8Array;
+  csizes: Int32Array;
+  sizes: number[];
+  compressor: CompressorName;
+  digester: DigesterName;
+}
+
+export type WorkerRequest = ProcessRequest | ProcessManyRequest | ProcessSharedRequest | DecompressRequest | CrashRequest;
 
 export interface SerializedError {
   name: string;
@@ -123,6 +147,28 @@ function handleProcessMany(req: ProcessManyRequest): WorkerMessage & { ok: true 
   return { type: 'result', id: req.id, ok: true, digest: digests, data: owned(Buffer.concat(outs)), sizes, flags };
 }
 
+const EMPTY = new Uint8Array(0);
+
+function handleProcessShared(req: ProcessSharedRequest): WorkerMessage & { ok: true } {
+  const { input, output, digests, csizes, sizes } = req;
+  let total = 0;
+  for (const n of sizes) total += n;
+  if (total > input.length || sizes.length > csizes.length || 32 * sizes.length > digests.length) {
+    throw new NydusError('ERR_INVALID_ARGUMENT', `chunk worker: processShared got ${sizes.length} chunks of ${total} bytes for ${input.length} input bytes and ${csizes.length} result slots`);
+  }
+  let off = 0;
+  let out = 0;
+  for (let i = 0; i < sizes.length; i++) {
+    const src = input.subarray(off, off + sizes[i]);
+    off += sizes[i];
+    digests.set(digest(req.digester, src), 32 * i);
+    const n = compressChunkInto(req.compressor, src, output.subarray(out));
+    csizes[i] = n;
+    if (n >= 0) out += n;
+  }
+  return { type: 'result', id: req.id, ok: true, data: EMPTY };
+}
+
 function handleDecompress(req: DecompressRequest): WorkerMessage & { ok: true } {
   const input = asBuffer(req.data);
   const out = decompressChunk(req.compressor, input, req.compressed, req.uncompressedSize);
@@ -164,6 +210,9 @@ if (parentPort) {
               break;
             case 'processMany':
               msg = handleProcessMany(req);
+              break;
+            case 'processShared':
+              msg = handleProcessShared(req);
               break;
             case 'decompress':
               msg = handleDecompress(req);

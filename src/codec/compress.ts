@@ -155,6 +155,53 @@ export function compressChunk(algo: CompressorName, data: Buffer): { data: Buffe
   return { data, compressed: false };
 }
 
+/**
+ * compressChunk() writing into `dst` instead of allocating: returns the compressed length when
+ * it is strictly smaller than `src` (the bytes are in `dst[0, n)`), or -1 when the chunk is to
+ * be stored raw (`dst` then holds nothing useful). The bytes equal compressChunk()'s. zstd only
+ * produces the same frame when it has compressBound(src) bytes of room (with less it takes a
+ * more careful path that can fail on nearly incompressible input), so a smaller `dst` goes
+ * through a scratch buffer.
+ */
+export function compressChunkInto(algo: CompressorName, src: Uint8Array, dst: Uint8Array): number {
+  let out: Uint8Array;
+  let n: number;
+  switch (algo) {
+    case 'none':
+      return -1;
+    case 'zstd': {
+      if (src.length === 0) return -1;
+      cctx ??= new zstdBinding.CCtx();
+      const bound = zstdBinding.compressBound(src.length);
+      if (dst.length >= bound) {
+        n = cctx.compress(dst, src, ZSTD_LEVEL);
+        return n < src.length ? n : -1;
+      }
+      if (zstdScratch.length < bound) zstdScratch = Buffer.allocUnsafeSlow(Math.max(bound, 64 * 1024));
+      n = cctx.compress(zstdScratch, src, ZSTD_LEVEL);
+      out = zstdScratch;
+      break;
+    }
+    case 'lz4_block':
+      out = lz4BlockCompress(Buffer.from(src.buffer, src.byteOffset, src.byteLength));
+      n = out.length;
+      break;
+    default:
+      compress(algo, Buffer.alloc(0)); // gzip and unknown names throw their usual errors
+      throw unknownAlgo(algo, 'compressChunkInto');
+  }
+  if (n >= src.length) return -1;
+  if (n > dst.length) throw invalidArgument(`compressChunkInto: ${n} compressed bytes do not fit the ${dst.length}-byte destination`);
+  dst.set(out.subarray(0, n));
+  return n;
+}
+
+/** Room compressChunkInto() needs beyond the input size to compress in place of a scratch copy. */
+export function compressSlack(algo: CompressorName, size: number): number {
+  if (algo === 'zstd') return zstdBinding.compressBound(size) - size;
+  return 0;
+}
+
 /** Inverse of compressChunk: decompresses when `compressed`, else checks the raw length. */
 export function decompressChunk(algo: CompressorName, data: Buffer, compressed: boolean, uncompressedSize: number): Buffer {
   return decompress(compressed ? algo : 'none', data, uncompressedSize);

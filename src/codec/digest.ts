@@ -8,7 +8,7 @@
  * node:crypto and needs no setup.
  */
 import * as crypto from 'node:crypto';
-import { createBLAKE3, type IHasher } from 'hash-wasm';
+import type { IHasher } from 'hash-wasm';
 import { NydusError } from '../errors';
 import type { DigesterName } from '../format/constants';
 
@@ -29,6 +29,12 @@ function loadNative(): NativeBlake3 | undefined {
   }
 }
 const native = loadNative();
+
+/** hash-wasm's BLAKE3, loaded only where the native module is missing (it costs start-up time). */
+async function createBLAKE3(bits: number): Promise<IHasher> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return (require('hash-wasm') as typeof import('hash-wasm')).createBLAKE3(bits);
+}
 
 /** Which BLAKE3 implementation this process uses ('native' or 'wasm'). */
 export const blake3Implementation: 'native' | 'wasm' = native ? 'native' : 'wasm';

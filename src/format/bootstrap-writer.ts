@@ -22,7 +22,7 @@ import {
   encodeSuperBlock, encodeSuperBlockExt, encodeDeviceSlot, encodeBlobEntry, encodeInode,
   encodeDirent, encodeChunkIndex, encodeChunkInfo, BlobEntry, inodeSizeOf,
 } from './layout';
-import { TreeNode, Inode, sortedChildren, encodeRdev, lookupPath, ChunkRef } from '../tree/node';
+import { TreeNode, Inode, encodeRdev, lookupPath, ChunkRef } from '../tree/node';
 import { invalidArgument } from '../errors';
 
 export interface BootstrapInput {
@@ -44,16 +44,18 @@ export interface BootstrapOutput {
   nids: Map<Inode, number>;
 }
 
+/** One inode's place in the image (one per inode: trees of 10^5 inodes keep this small). */
 interface Placed {
   inode: Inode;
-  /** a name for error messages */
-  path: string;
   node: TreeNode;
-  parent: TreeNode;
+  parent: Placed | null;
   extended: boolean;
   xattrBody: Buffer; // encoded xattr area (header + entries) or empty
-  /** directory/symlink payload; undefined for others */
-  data?: Buffer;
+  /** directories: children and their names (map keys: latin1 strings of the name bytes) in byte order, sorted once */
+  kids: TreeNode[] | null;
+  keys: string[] | null;
+  /** directory/symlink payload size (-1: none); directory payloads are encoded in pass 3 */
+  dataSize: number;
   inlineTail: boolean;
   /** number of full data blocks stored outside the inode (FLAT_PLAIN part) */
   dataBlocks: number;
@@ -64,9 +66,23 @@ interface Placed {
   ino: number;
 }
 
+const NO_BYTES = Buffer.alloc(0);
+
+/** Path of a placed inode, for error messages (not stored: it would cost a string per inode). */
+function pathOf(pl: Placed): string {
+  const parts: string[] = [];
+  for (let p: Placed | null = pl; p && p.parent; p = p.parent) parts.push(p.node.name.toString('latin1'));
+  return '/' + parts.reverse().join('/');
+}
+
+/** Order of latin1 name strings: that of their bytes. */
+function byKey(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 /** Encode the inline xattr area of an inode (empty buffer when it has none). */
 export function encodeXattrs(xattrs: Map<string, Buffer>, where: string): Buffer {
-  if (xattrs.size === 0) return Buffer.alloc(0);
+  if (xattrs.size === 0) return NO_BYTES;
   const names = [...xattrs.keys()].sort((a, b) => Buffer.compare(Buffer.from(a, 'latin1'), Buffer.from(b, 'latin1')));
   const parts: Buffer[] = [Buffer.alloc(12)];
   for (const name of names) {
@@ -92,15 +108,27 @@ export function encodeXattrs(xattrs: Map<string, Buffer>, where: string): Buffer
 
 /** Build the dirent blocks of a directory: `.`, `..` and children, globally sorted by bytes. */
 export function encodeDirData(entries: { name: Buffer; nid: number; fileType: number }[]): Buffer {
-  const sorted = [...entries].sort((a, b) => Buffer.compare(a.name, b.name));
+  return encodeDirents(entries.map((e) => ({ key: e.name.toString('latin1'), nid: e.nid, fileType: e.fileType })));
+}
+
+interface DirEntry {
+  /** the name's bytes as a latin1 string */
+  key: string;
+  nid: number;
+  fileType: number;
+}
+
+/** encodeDirData for names given as latin1 strings (sorted here, in byte order). */
+function encodeDirents(entries: DirEntry[]): Buffer {
+  const sorted = entries.sort((a, b) => byKey(a.key, b.key));
   const blocks: Buffer[] = [];
   let i = 0;
   while (i < sorted.length) {
     // Fill one block: as many entries as fit (12 B dirent + name each).
     let used = 0;
     let j = i;
-    while (j < sorted.length && used + EROFS_DIRENT_SIZE + sorted[j].name.length <= BLK) {
-      used += EROFS_DIRENT_SIZE + sorted[j].name.length;
+    while (j < sorted.length && used + EROFS_DIRENT_SIZE + sorted[j].key.length <= BLK) {
+      used += EROFS_DIRENT_SIZE + sorted[j].key.length;
       j++;
     }
     const n = j - i;
@@ -110,32 +138,36 @@ export function encodeDirData(entries: { name: Buffer; nid: number; fileType: nu
     for (let k = 0; k < n; k++) {
       const e = sorted[i + k];
       encodeDirent(blk, k * EROFS_DIRENT_SIZE, { nid: e.nid, nameoff, fileType: e.fileType });
-      e.name.copy(blk, nameoff);
-      nameoff += e.name.length;
+      nameoff += blk.write(e.key, nameoff, 'latin1');
     }
     blocks.push(blk);
     i = j;
   }
-  return Buffer.concat(blocks);
+  return blocks.length === 1 ? blocks[0] : Buffer.concat(blocks);
 }
 
-/** Size of a directory's dirent data, without knowing nids (for layout). */
-function dirDataSize(names: Buffer[]): number {
-  const sorted = [...names].sort(Buffer.compare);
+/** Size of a directory's dirent data, without knowing nids (for layout); `keys` in byte order. */
+function dirDataSize(keys: string[]): number {
   let total = 0;
   let used = 0;
-  for (const n of sorted) {
-    if (used + EROFS_DIRENT_SIZE + n.length > BLK) {
+  const add = (len: number): void => {
+    if (used + EROFS_DIRENT_SIZE + len > BLK) {
       total += BLK;
       used = 0;
     }
-    used += EROFS_DIRENT_SIZE + n.length;
+    used += EROFS_DIRENT_SIZE + len;
+  };
+  // '.' and '..' go where their bytes sort among the names
+  let dots = 0;
+  for (const k of keys) {
+    while (dots < 2 && byKey(DOT_KEYS[dots], k) < 0) add(DOT_KEYS[dots++].length);
+    add(k.length);
   }
+  while (dots < 2) add(DOT_KEYS[dots++].length);
   return total + used;
 }
 
-const DOT = Buffer.from('.');
-const DOTDOT = Buffer.from('..');
+const DOT_KEYS = ['.', '..'];
 
 function needsExtended(i: Inode, nlink: number): boolean {
   return i.uid > 0xffff || i.gid > 0xffff || nlink > 0xffff || i.size > 0xffffffff || i.mtime !== 0 || i.mtimeNsec !== 0;
@@ -149,7 +181,7 @@ export function writeBootstrap(input: BootstrapInput): BootstrapOutput {
   const chunkBits = Math.log2(chunkSize);
   if (!Number.isInteger(chunkBits) || chunkBits < 12 || chunkBits > 24) throw invalidArgument(`chunk size 0x${chunkSize.toString(16)} must be a power of two in [0x1000, 0x1000000]`);
 
-  // ---- pass 0: reference counts (hardlinks share Inode objects) and subdirectory counts
+  // ---- pass 0: reference counts (hardlinks share Inode objects)
   const refs = new Map<Inode, number>();
   const countRefs = (n: TreeNode): void => {
     refs.set(n.inode, (refs.get(n.inode) ?? 0) + 1);
@@ -162,66 +194,79 @@ export function writeBootstrap(input: BootstrapInput): BootstrapOutput {
   const placedBy = new Map<Inode, Placed>();
   let nextIno = 1;
   let hasXattr = false;
-  const visit = (node: TreeNode, parent: TreeNode, path: string): void => {
-    const placeOne = (n: TreeNode, par: TreeNode, p: string): void => {
-      if (placedBy.has(n.inode)) return; // hardlink: already placed
-      const inode = n.inode;
-      const type = inode.mode & S_IFMT;
-      let nlink = refs.get(inode) ?? 1;
-      let data: Buffer | undefined;
-      if (type === S_IFDIR) {
-        if ((refs.get(inode) ?? 1) > 1) throw invalidArgument(`${p}: a directory cannot be hardlinked`);
-        const kids = sortedChildren(n);
-        nlink = 2 + kids.filter((k) => (k.inode.mode & S_IFMT) === S_IFDIR).length;
-        for (const k of kids) {
-          if (k.name.length === 0 || k.name.length > EROFS_NAME_LEN || k.name.includes(0x2f) || k.name.includes(0)) {
-            throw invalidArgument(`${p}: invalid entry name "${k.name.toString('latin1')}" (${k.name.length} bytes)`);
-          }
+  const placeOne = (n: TreeNode, parent: Placed | null, p: string): Placed => {
+    const inode = n.inode;
+    const type = inode.mode & S_IFMT;
+    let nlink = refs.get(inode) ?? 1;
+    let dataSize = -1;
+    let kids: TreeNode[] | null = null;
+    let keys: string[] | null = null;
+    if (type === S_IFDIR) {
+      if (nlink > 1) throw invalidArgument(`${p}: a directory cannot be hardlinked`);
+      keys = [...n.children!.keys()].sort(byKey);
+      kids = keys.map((k) => n.children!.get(k)!);
+      nlink = 2;
+      for (let i = 0; i < kids.length; i++) {
+        const key = keys[i];
+        if (key.length === 0 || key.length > EROFS_NAME_LEN || key.includes('/') || key.includes('\0')) {
+          throw invalidArgument(`${p}: invalid entry name "${key}" (${key.length} bytes)`);
         }
-        data = Buffer.alloc(dirDataSize([DOT, DOTDOT, ...kids.map((k) => k.name)])); // filled in pass 3
-      } else if (type === S_IFLNK) {
-        data = inode.symlink ?? Buffer.alloc(0);
-        if (data.length === 0 || data.length >= BLK) throw invalidArgument(`${p}: symlink target of ${data.length} bytes (must be 1..4095)`);
-      } else if (type === S_IFREG) {
-        // chunks are validated when encoded
-      } else if (![S_IFCHR, S_IFBLK, 0o010000, 0o140000].includes(type)) {
-        throw invalidArgument(`${p}: unsupported file type 0${type.toString(8)}`);
+        if ((kids[i].inode.mode & S_IFMT) === S_IFDIR) nlink++;
       }
-      const xattrBody = encodeXattrs(inode.xattrs, p);
-      if (xattrBody.length) hasXattr = true;
-      const extended = needsExtended(inode, nlink);
-      const headerSize = inodeSizeOf(extended) + xattrBody.length;
-      let recordSize = headerSize;
-      let inlineTail = false;
-      let dataBlocks = 0;
-      if (data) {
-        const tail = data.length % BLK;
-        if (tail !== 0 && headerSize + tail <= BLK) {
-          inlineTail = true;
-          dataBlocks = Math.floor(data.length / BLK);
-          recordSize = headerSize + tail;
-        } else {
-          dataBlocks = Math.ceil(data.length / BLK);
-        }
-      } else if (type === S_IFREG) {
-        const n = Math.ceil(inode.size / chunkSize);
-        if (inode.chunks.length !== n) throw invalidArgument(`${p}: file of ${inode.size} bytes has ${inode.chunks.length} chunks, expected ${n}`);
-        recordSize = alignUp(headerSize, RAFS_CHUNK_INDEX_SIZE) + RAFS_CHUNK_INDEX_SIZE * n;
+      dataSize = dirDataSize(keys);
+    } else if (type === S_IFLNK) {
+      dataSize = inode.symlink?.length ?? 0;
+      if (dataSize === 0 || dataSize >= BLK) throw invalidArgument(`${p}: symlink target of ${dataSize} bytes (must be 1..4095)`);
+    } else if (type === S_IFREG) {
+      // chunks are validated when encoded
+    } else if (![S_IFCHR, S_IFBLK, 0o010000, 0o140000].includes(type)) {
+      throw invalidArgument(`${p}: unsupported file type 0${type.toString(8)}`);
+    }
+    const xattrBody = encodeXattrs(inode.xattrs, p);
+    if (xattrBody.length) hasXattr = true;
+    const extended = needsExtended(inode, nlink);
+    const headerSize = inodeSizeOf(extended) + xattrBody.length;
+    let recordSize = headerSize;
+    let inlineTail = false;
+    let dataBlocks = 0;
+    if (dataSize >= 0) {
+      const tail = dataSize % BLK;
+      if (tail !== 0 && headerSize + tail <= BLK) {
+        inlineTail = true;
+        dataBlocks = Math.floor(dataSize / BLK);
+        recordSize = headerSize + tail;
+      } else {
+        dataBlocks = Math.ceil(dataSize / BLK);
       }
-      const pl: Placed = {
-        inode, path: p, node: n, parent: par, extended, xattrBody, data, inlineTail, dataBlocks,
-        recordSize, offset: 0, dataBlkaddr: 0, nlink, ino: nextIno++,
-      };
-      order.push(pl);
-      placedBy.set(inode, pl);
+    } else if (type === S_IFREG) {
+      const c = Math.ceil(inode.size / chunkSize);
+      if (inode.chunks.length !== c) throw invalidArgument(`${p}: file of ${inode.size} bytes has ${inode.chunks.length} chunks, expected ${c}`);
+      recordSize = alignUp(headerSize, RAFS_CHUNK_INDEX_SIZE) + RAFS_CHUNK_INDEX_SIZE * c;
+    }
+    const pl: Placed = {
+      inode, node: n, parent, extended, xattrBody, kids, keys, dataSize, inlineTail, dataBlocks,
+      recordSize, offset: 0, dataBlkaddr: 0, nlink, ino: nextIno++,
     };
-    placeOne(node, parent, path);
-    const kids = sortedChildren(node);
-    const childPath = (k: TreeNode): string => (path === '/' ? '/' : path + '/') + k.name.toString('latin1');
-    for (const k of kids) if ((k.inode.mode & S_IFMT) !== S_IFDIR) placeOne(k, node, childPath(k));
-    for (const k of kids) if ((k.inode.mode & S_IFMT) === S_IFDIR) visit(k, node, childPath(k));
+    order.push(pl);
+    placedBy.set(inode, pl);
+    return pl;
   };
-  visit(root, root, '/');
+  const visit = (dir: Placed, path: string): void => {
+    const kids = dir.kids!;
+    const keys = dir.keys!;
+    const prefix = path === '/' ? '/' : path + '/';
+    // hardlinks: placed once, where first met
+    for (let i = 0; i < kids.length; i++) {
+      const k = kids[i];
+      if ((k.inode.mode & S_IFMT) !== S_IFDIR && !placedBy.has(k.inode)) placeOne(k, dir, prefix + keys[i]);
+    }
+    for (let i = 0; i < kids.length; i++) {
+      const k = kids[i];
+      if ((k.inode.mode & S_IFMT) === S_IFDIR) visit(placeOne(k, dir, prefix + keys[i]), prefix + keys[i]);
+    }
+  };
+  visit(placeOne(root, null, '/'), '/');
+  refs.clear();
 
   // ---- fixed header area
   const nblobs = blobs.length;
@@ -270,17 +315,13 @@ export function writeBootstrap(input: BootstrapInput): BootstrapOutput {
   // ---- chunk table: one entry per distinct (digest, blob index), sorted; last writer wins
   const chunkMap = new Map<string, ChunkRef>();
   for (const pl of order) {
-    for (const c of pl.inode.chunks) {
-      chunkMap.set(c.digest.toString('hex') + ':' + String(c.blobIndex).padStart(4, '0'), c);
-    }
+    for (const c of pl.inode.chunks) chunkMap.set(c.digest.toString('latin1') + c.blobIndex, c);
   }
-  const chunkKeys = [...chunkMap.keys()].sort((a, b) => {
-    const ca = chunkMap.get(a)!;
-    const cb = chunkMap.get(b)!;
-    return Buffer.compare(ca.digest, cb.digest) || ca.blobIndex - cb.blobIndex || ca.ciIndex - cb.ciIndex;
-  });
+  const chunkList = [...chunkMap.values()];
+  chunkMap.clear();
+  chunkList.sort((ca, cb) => Buffer.compare(ca.digest, cb.digest) || ca.blobIndex - cb.blobIndex || ca.ciIndex - cb.ciIndex);
   const chunkTableOffset = metaEnd;
-  const chunkTableSize = chunkKeys.length * RAFS_CHUNK_INFO_SIZE;
+  const chunkTableSize = chunkList.length * RAFS_CHUNK_INFO_SIZE;
   const totalSize = alignUp(chunkTableOffset + chunkTableSize, BLK);
   if (totalSize > RAFS_MAX_METADATA_SIZE) throw invalidArgument(`bootstrap would be ${totalSize} bytes, over the 2 GiB RAFS limit`);
 
@@ -334,14 +375,21 @@ export function writeBootstrap(input: BootstrapInput): BootstrapOutput {
     let layout: number = Layout.FLAT_PLAIN;
     let u = 0;
     let size = 0;
-    let data = pl.data;
+    let data: Buffer | undefined;
     if (type === S_IFDIR) {
-      const kids = sortedChildren(pl.node);
-      data = encodeDirData([
-        { name: DOT, nid: nidOf(i), fileType: 2 },
-        { name: DOTDOT, nid: nidOf(pl.parent.inode), fileType: 2 },
-        ...kids.map((k) => ({ name: k.name, nid: nidOf(k.inode), fileType: fileTypeOfMode(k.inode.mode) })),
-      ]);
+      const kids = pl.kids!;
+      const keys = pl.keys!;
+      const ents: DirEntry[] = [
+        { key: '.', nid: nidOf(i), fileType: 2 },
+        { key: '..', nid: nidOf((pl.parent ?? pl).inode), fileType: 2 },
+      ];
+      for (let k = 0; k < kids.length; k++) ents.push({ key: keys[k], nid: nidOf(kids[k].inode), fileType: fileTypeOfMode(kids[k].inode.mode) });
+      data = encodeDirents(ents);
+      if (data.length !== pl.dataSize) throw new Error(`internal: ${pathOf(pl)}: directory data of ${data.length} bytes, laid out for ${pl.dataSize}`);
+      pl.kids = null;
+      pl.keys = null;
+    } else if (type === S_IFLNK) {
+      data = i.symlink;
     }
     if (data) {
       size = data.length;
@@ -369,8 +417,8 @@ export function writeBootstrap(input: BootstrapInput): BootstrapOutput {
     } else if (type === S_IFREG) {
       let off = metaAddr + alignUp(pl.offset + head.length + pl.xattrBody.length, RAFS_CHUNK_INDEX_SIZE);
       for (const c of i.chunks) {
-        if (c.blobIndex < 0 || c.blobIndex >= nblobs) throw invalidArgument(`${pl.path}: chunk refers to blob index ${c.blobIndex} of ${nblobs}`);
-        if (c.uncompressedOffset % BLK !== 0) throw invalidArgument(`${pl.path}: chunk uncompressed offset ${c.uncompressedOffset} is not 4K aligned`);
+        if (c.blobIndex < 0 || c.blobIndex >= nblobs) throw invalidArgument(`${pathOf(pl)}: chunk refers to blob index ${c.blobIndex} of ${nblobs}`);
+        if (c.uncompressedOffset % BLK !== 0) throw invalidArgument(`${pathOf(pl)}: chunk uncompressed offset ${c.uncompressedOffset} is not 4K aligned`);
         encodeChunkIndex(out, off, { ciIndex: c.ciIndex, blobIndex: c.blobIndex, blkaddr: c.uncompressedOffset / BLK });
         off += RAFS_CHUNK_INDEX_SIZE;
       }
@@ -378,8 +426,7 @@ export function writeBootstrap(input: BootstrapInput): BootstrapOutput {
   }
 
   // ---- chunk table
-  chunkKeys.forEach((k, idx) => {
-    const c = chunkMap.get(k)!;
+  chunkList.forEach((c, idx) => {
     encodeChunkInfo({
       digest: c.digest, blobIndex: c.blobIndex, flags: c.compressed ? ChunkFlag.COMPRESSED : 0,
       compressedSize: c.compressedSize, uncompressedSize: c.uncompressedSize,
@@ -388,7 +435,12 @@ export function writeBootstrap(input: BootstrapInput): BootstrapOutput {
     }).copy(out, chunkTableOffset + idx * RAFS_CHUNK_INFO_SIZE);
   });
 
-  const nids = new Map<Inode, number>();
-  for (const pl of order) nids.set(pl.inode, nidOf(pl.inode));
-  return { data: out, inodeCount: order.length, chunkTableEntries: chunkKeys.length, nids };
+  const result = { data: out, inodeCount: order.length, chunkTableEntries: chunkList.length } as BootstrapOutput;
+  // Built on first use: most callers only want the bytes, and this map has an entry per inode.
+  let nids: Map<Inode, number> | undefined;
+  Object.defineProperty(result, 'nids', {
+    enumerable: true,
+    get: () => (nids ??= new Map(order.map((pl) => [pl.inode, nidOf(pl.inode)]))),
+  });
+  return result;
 }

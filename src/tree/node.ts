@@ -47,6 +47,23 @@ export interface TreeNode {
   children?: Map<string, TreeNode>;
 }
 
+/**
+ * The xattr map of every inode without xattrs (a tree can hold hundreds of thousands of inodes;
+ * an empty Map each costs ~200 bytes). Read-only: code that changes xattrs copies the map first.
+ */
+class NoXattrs extends Map<string, Buffer> {
+  override set(name: string): this {
+    throw new Error(`internal: cannot set xattr ${name} on the shared empty xattr map (copy it first)`);
+  }
+  override delete(): boolean {
+    return false;
+  }
+  override clear(): void {
+    /* nothing to clear */
+  }
+}
+export const NO_XATTRS: Map<string, Buffer> = new NoXattrs();
+
 export function nameKey(name: Buffer): string {
   return name.toString('latin1');
 }
@@ -70,10 +87,32 @@ export const isBlk = (i: Inode): boolean => (i.mode & S_IFMT) === S_IFBLK;
 export const isFifo = (i: Inode): boolean => (i.mode & S_IFMT) === S_IFIFO;
 export const isSock = (i: Inode): boolean => (i.mode & S_IFMT) === S_IFSOCK;
 
-/** Children sorted by raw name bytes (the EROFS dirent order). */
+/**
+ * Children sorted by raw name bytes (the EROFS dirent order). Sorted by their keys, which are
+ * the names as latin1 strings (nameKey): string order is byte order, and a key costs nothing
+ * to read where a node may build its name Buffer on demand (KeyedNode).
+ */
 export function sortedChildren(n: TreeNode): TreeNode[] {
   if (!n.children) return [];
-  return [...n.children.values()].sort((a, b) => Buffer.compare(a.name, b.name));
+  const entries = [...n.children];
+  entries.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  return entries.map((e) => e[1]);
+}
+
+/**
+ * A tree node whose name is kept only as its key (the latin1 string of the name bytes), the
+ * Buffer being made when asked for: a Buffer object costs ~200 bytes, and the directory source
+ * makes one node per entry of trees with 10^5 entries.
+ */
+export class KeyedNode implements TreeNode {
+  children?: Map<string, TreeNode>;
+  constructor(readonly key: string, public inode: Inode) {}
+  get name(): Buffer {
+    return Buffer.from(this.key, 'latin1');
+  }
+  set name(b: Buffer) {
+    (this as { key: string }).key = nameKey(b);
+  }
 }
 
 /** Depth-first walk, parents before children, siblings in byte order. `path` is '/'-joined bytes. */
@@ -88,6 +127,16 @@ export function* walkTree(root: TreeNode, path = '/'): Generator<{ node: TreeNod
       const p = cur.path === '/' ? '/' + nameKey(k.name) : cur.path + '/' + nameKey(k.name);
       stack.push({ node: k, path: p, parent: cur.node });
     }
+  }
+}
+
+/** Every node of the tree (hardlinks once per name), in no particular order; no paths, no sorting. */
+export function forEachNode(root: TreeNode, fn: (n: TreeNode) => void): void {
+  const stack = [root];
+  while (stack.length) {
+    const n = stack.pop()!;
+    fn(n);
+    if (n.children) for (const c of n.children.values()) stack.push(c);
   }
 }
 
