@@ -75,6 +75,17 @@ async function build(name: string, sizes: Record<string, number>, patterns: stri
   return { name, src, boot, blobs, blobId: report.blobs[0], files };
 }
 
+const logTail = (): string => fs.readFileSync(logFile, 'utf8').split('\n').slice(-25).join('\n');
+
+/** waitUntil with a longer budget (a loaded machine) and the daemon's log tail when it times out */
+async function waitFor(what: string, cond: () => Promise<boolean> | boolean): Promise<void> {
+  try {
+    await waitUntil(what, cond, 90_000);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\n--- daemon log tail ---\n${logTail()}`);
+  }
+}
+
 async function metrics(): Promise<any> {
   return api.metrics();
 }
@@ -101,7 +112,7 @@ async function registerAndMount(id: string, img: Built, backend: Record<string, 
 
 async function unmountApi(mnt: string, id: string): Promise<void> {
   const r = await api.request('DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`);
-  assert.equal(r.status, 204, JSON.stringify(r.body));
+  assert.equal(r.status, 204, `${JSON.stringify(r.body)}\n--- daemon log tail ---\n${logTail()}`);
   mounted.delete(mnt);
   await api.request('DELETE', `/api/v2/blobs?domain_id=${id}&blob_id=${id}`);
 }
@@ -202,7 +213,7 @@ test('prefetch: the listed files (a listed directory: its whole subtree) become 
   const mnt = path.join(work, 'mnt', 'listed');
   await cli(['mount', '-B', img.boot, '-D', img.blobs, '-A', sock, '--fsid', 'listed', '--prefetch', '--prefetch-threads', '2', '--prefetch-merge-size', String(2 * CHUNK), mnt]);
   mounted.add(mnt);
-  await waitUntil('the prefetch to finish', async () => (await blob(img.blobId))?.prefetch.state === 'done');
+  await waitFor('the prefetch to finish', async () => (await blob(img.blobId))?.prefetch.state === 'done');
   let b = await blob(img.blobId);
   assert.equal(b.prefetch.chunks, listed, JSON.stringify(b.prefetch));
   assert.equal(b.chunks_ready, listed, 'exactly the listed files\' chunks are present');
@@ -237,12 +248,12 @@ test('prefetch_all: the listed files, then the whole blob; a complete blob raise
   const mnt = path.join(work, 'mnt', 'all');
   await cli(['mount', '-B', img.boot, '-D', img.blobs, '-A', sock, '--fsid', 'all', '--prefetch-all', mnt]);
   mounted.add(mnt);
-  await waitUntil('the whole-blob prefetch to finish', async () => (await blob(img.blobId))?.prefetch.state === 'done');
+  await waitFor('the whole-blob prefetch to finish', async () => (await blob(img.blobId))?.prefetch.state === 'done');
   let b = await blob(img.blobId);
   assert.equal(b.chunks_ready, b.chunk_count, JSON.stringify(b));
   assert.equal(b.prefetch.chunks, b.chunk_count);
   assert.equal(b.reads, 0);
-  await waitUntil('the blob to be marked complete', async () => (await blob(img.blobId)).done === true);
+  await waitFor('the blob to be marked complete', async () => (await blob(img.blobId)).done === true);
   const fetched = b.backend_bytes;
   for (const rel of Object.keys(sizes)) await readEq(mnt, img, rel);
   b = await blob(img.blobId);
@@ -260,7 +271,7 @@ test('prefetch yields: reads during a held prefetch are served first, none queue
     const mnt = await registerAndMount('held', img, { type: 'http-proxy', 'http-proxy': { addr: srv.addr, path: '/blobs', timeout: 120 } },
       { enable: true, threads: 2, batch_size: 2 * CHUNK });
     // prefetch's first two requests (threads 2) reach the backend and are held there
-    await waitUntil('two prefetch requests held', () => srv.held.length === 2);
+    await waitFor('two prefetch requests held', () => srv.held.length === 2);
     srv.setHold(false);
     const first = srv.log.slice();
     // an unlisted file: read and complete while prefetch still waits for its requests
@@ -281,14 +292,14 @@ test('prefetch yields: reads during a held prefetch are served first, none queue
       // a chunk inside a held prefetch request: the read waits for that request, no second fetch
       const head = Buffer.alloc(4096);
       const reading = fh.read(head, 0, 4096, 0);
-      await waitUntil('the read to join the prefetch request', async () => (await blob(img.blobId)).prefetch.shared_with_reads > 0);
+      await waitFor('the read to join the prefetch request', async () => (await blob(img.blobId)).prefetch.shared_with_reads > 0);
       srv.release();
       await reading;
       assert.ok(head.equals(img.files.get('hot')!.subarray(0, 4096)));
     } finally {
       await fh.close();
     }
-    await waitUntil('the prefetch to finish', async () => (await blob(img.blobId)).prefetch.state === 'done');
+    await waitFor('the prefetch to finish', async () => (await blob(img.blobId)).prefetch.state === 'done');
     await readEq(mnt, img, 'hot');
     b = await blob(img.blobId);
     assert.equal(b.ondemand_waits_behind_prefetch, 0);
@@ -336,9 +347,9 @@ test('unmount stops prefetch at once, even while its requests are held; nothing 
   try {
     const mnt = await registerAndMount('stop', img, { type: 'http-proxy', 'http-proxy': { addr: srv.addr, path: '/blobs', timeout: 120 } },
       { enable: true, threads: 2, batch_size: CHUNK });
-    await waitUntil('two prefetch requests held', () => srv.held.length === 2);
+    await waitFor('two prefetch requests held', () => srv.held.length === 2);
     await unmountApi(mnt, 'stop');
-    await waitUntil('the cancellation in the log', () => /prefetch of blob \w+ for image stop cancelled with \d+ chunk\(s\) not fetched/.test(fs.readFileSync(logFile, 'utf8')));
+    await waitFor('the cancellation in the log', () => /prefetch of blob \w+ for image stop cancelled with \d+ chunk\(s\) not fetched/.test(fs.readFileSync(logFile, 'utf8')));
     const n = srv.log.length;
     srv.setHold(false);
     srv.release();
@@ -360,7 +371,7 @@ test('a bad prefetch table entry is an error naming the image and the nid; the r
   boot.writeUInt32LE(0x0fffffff, t.ext.prefetchTableOffset);
   fs.writeFileSync(img.boot, boot);
   const mnt = await registerAndMount('badnid', img, { type: 'localfs', localfs: { dir: img.blobs } }, { enable: true });
-  await waitUntil('the prefetch to finish', async () => (await blob(img.blobId))?.prefetch.state === 'done');
+  await waitFor('the prefetch to finish', async () => (await blob(img.blobId))?.prefetch.state === 'done');
   assert.match(fs.readFileSync(logFile, 'utf8'), /image badnid: prefetch table entry 0 \(nid 268435455\): nid 268435455 is out of range/);
   const b = await blob(img.blobId);
   assert.equal(b.prefetch.chunks, chunksOf(300_000), 'the good entry (/b) was prefetched');
