@@ -28,6 +28,7 @@ class FscacheDaemon {
   readonly log: string;
   readonly api: DaemonApiClient;
   private proc?: ChildProcess;
+  private stopped = false;
   readonly mounted = new Set<string>();
 
   constructor(readonly work: string, readonly cacheDir: string, private readonly args: string[]) {
@@ -56,6 +57,8 @@ class FscacheDaemon {
   }
 
   async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
     for (const m of [...this.mounted]) await execFileP('umount', [m]).catch(() => undefined);
     const p = this.proc;
     if (p && p.exitCode === null) {
@@ -91,6 +94,10 @@ class FscacheDaemon {
     this.mounted.delete(mnt);
   }
 
+  logTail(): string {
+    return `--- daemon log ---\n${fs.readFileSync(this.log, 'utf8').split('\n').filter((l) => !l.includes(' DEBUG ')).slice(-40).join('\n')}`;
+  }
+
   async metrics(): Promise<any> {
     return this.api.call('GET', '/api/v1/metrics');
   }
@@ -122,10 +129,11 @@ after(async () => {
   for (const c of cleanups.reverse()) await c();
 });
 
-test('[fscache] watermarks on a 48 MiB ext4: the kernel\'s culling signal culls the least recently read unmounted images; reads stay right, usage ends below the high watermark', async () => {
+test('[fscache] watermarks on a 48 MiB ext4: the kernel\'s culling signal culls the least recently read unmounted images; reads stay right, usage ends below the high watermark', async (t) => {
   const { work, dir } = await smallExt4('cull', 48);
   const d = new FscacheDaemon(work, dir, ['--cache-high-watermark', '60%', '--cache-low-watermark', '35%', '--cull-interval', '1', '--gc-interval', '0']);
   daemons.push(d);
+  t.after(() => d.stop()); // one cachefiles cache at a time: the next test binds its own
   await d.start();
   const imgs = [];
   // four 9 MiB images read one after another, each unmounted (still registered) after its read
@@ -146,17 +154,18 @@ test('[fscache] watermarks on a 48 MiB ext4: the kernel\'s culling signal culls 
   // the least recently read image went first; the mounted one kept its data
   const present = (id: string, vol: string): boolean => u.blobs.some((b: any) => b.blob_id === id && b.volume === vol && b.disk_bytes > 0);
   assert.ok(!present(imgs[0].id, 'i0'), `the oldest unmounted image was culled: ${JSON.stringify(u.blobs.map((b: any) => [b.volume, b.blob_id.slice(0, 8), b.disk_bytes]))}`);
-  assert.ok(present(imgs[3].id, 'i3'), 'the mounted image keeps its data');
+  assert.ok(present(imgs[3].id, 'i3'), `the mounted image keeps its data: ${JSON.stringify(u.blobs.map((b: any) => [b.volume, b.blob_id.slice(0, 8), b.disk_bytes, b.mounted]))}\n${d.logTail()}`);
   assert.match(fs.readFileSync(d.log, 'utf8'), /cache culling \(kernel\): space/);
   // mounted again: fetched again, right bytes
   const again = await d.mount('i0', imgs[0]);
   assert.equal(sha(path.join(again, 'f')), crypto.createHash('sha256').update(imgs[0].data).digest('hex'), 'image 0 after it was culled');
 });
 
-test('[fscache] no watermarks, a full disk: a cache write that meets it culls unused objects and the read succeeds', async () => {
+test('[fscache] no watermarks, a full disk: a cache write that meets it culls unused objects and the read succeeds', async (t) => {
   const { work, dir } = await smallExt4('full', 40);
   const d = new FscacheDaemon(work, dir, ['--cache-high-watermark', 'off', '--cache-files-high-watermark', 'off', '--gc-interval', '0']);
   daemons.push(d);
+  t.after(() => d.stop());
   await d.start();
   for (let i = 0; i < 5; i++) {
     const img = await d.image(`f${i}`, 9);

@@ -258,6 +258,27 @@ test('[fanotify] automatic gc after unregister (grace 0): the blob\'s data goes,
   assert.ok(fs.readFileSync(path.join(again, 'f')).equals(files.f));
 });
 
+test('[fanotify] automatic gc with a grace period: the pass after the unregister keeps the data, the pass when the grace is over removes it', async () => {
+  check();
+  const work = workDir('nydus-gracegc-');
+  const cacheDir = path.join(work, 'cache');
+  fs.mkdirSync(cacheDir);
+  const h = new Harness(work, cacheDir, ['--gc-grace', '2', '--gc-interval', '0']);
+  harnesses.push(h);
+  await h.start();
+  const files = randomDir(path.join(work, 'src'), { f: crypto.randomBytes(400_000) });
+  const img = await h.build('g', path.join(work, 'src'));
+  const mnt = await h.mount('g', img);
+  assert.ok(fs.readFileSync(path.join(mnt, 'f')).equals(files.f));
+  const file = path.join(cacheDir, 'blobs', img.ids[0]);
+  await h.umount(mnt);
+  // the grace counts from when the blob became unreferenced, so the first pass always keeps it
+  await waitUntil('the pass when the grace is over to remove the cache file', () => !fs.existsSync(file), 30_000);
+  const log = fs.readFileSync(h.log, 'utf8');
+  assert.match(log, new RegExp(`cache gc \\(grace\\): removed 1 unreferenced object\\(s\\), \\d+ bytes \\[${img.ids[0]} \\d+\\]`));
+  assert.doesNotMatch(log, /cache gc \((unregister|unmount)\): removed/);
+});
+
 test('[fanotify] watermarks on a 64 MiB ext4: reading 72 MiB succeeds with the right bytes, usage ends below the high watermark, evicted ranges are fetched again', async () => {
   check();
   const work = workDir('nydus-cull-');

@@ -260,7 +260,7 @@ export function addDaemonCommands(program: Command): void {
     .option('--cache-files-low-watermark <pct>', 'culling frees inodes down to this share (default 90%)')
     .option('--cull-interval <secs>', 'check the watermarks every N seconds (default 10; 0: only when a cache write finds the disk full or cachefiles signals culling)')
     .option('--gc-interval <secs>', 'remove the cached data of blobs no registered image references every N seconds (default 600; 0: never periodically)')
-    .option('--gc-grace <secs>', 'automatic GCs keep the data of an unreferenced blob read less than N seconds ago (default 600; `cache gc` does not wait)')
+    .option('--gc-grace <secs>', 'automatic GCs keep an unreferenced blob\'s data N seconds after its last read or last reference, whichever is later (default 600; `cache gc` does not wait)')
     .option('--no-gc-on-unregister', 'no automatic GC after an image is unregistered (or its last mount goes)')
     .option('--scrub-interval <secs>', 'scrub the cache every N seconds in the background: re-read cached chunks, verify their digests, evict damaged ones (default 0: off; config "scrub": {"interval_secs": N})')
     .option('--scrub-rate <MB/s>', 'read rate of the background scrub in MB/s (default 10; 0: unlimited)')

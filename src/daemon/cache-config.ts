@@ -9,8 +9,9 @@
  *
  * A watermark is a percentage of the filesystem in use (space: as df(1) shows it; files: inodes);
  * a high watermark of "off" disables culling for that resource. Automatic GC passes keep the data
- * of an unreferenced blob until it has not been read for `gc_grace_secs` (an image unmounted and
- * mounted again soon, as a restarted container does, finds its cache warm); `cache gc` does not wait.
+ * of an unreferenced blob for `gc_grace_secs` after its last read or last reference, whichever is
+ * later (an image unmounted and mounted again soon, as a restarted container does, finds its cache
+ * warm); `cache gc` does not wait.
  */
 import * as fs from 'node:fs';
 import { NydusError } from '../errors';
@@ -27,7 +28,7 @@ export interface CacheLifecycleConfig {
   gcOnUnregister: boolean;
   /** seconds between periodic GCs (0: none) */
   gcIntervalSecs: number;
-  /** automatic GCs keep unreferenced data read less than this many seconds ago */
+  /** automatic GCs keep unreferenced data this many seconds after its last read or reference */
   gcGraceSecs: number;
   /** seconds between checks of the watermarks (0: only on demand) */
   cullIntervalSecs: number;

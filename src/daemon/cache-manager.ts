@@ -101,6 +101,9 @@ export class CacheManager implements CachePressureHandler {
   private chain: Promise<unknown> = Promise.resolve();
   private readonly timers: NodeJS.Timeout[] = [];
   private gcSoon?: NodeJS.Timeout;
+  private gcSoonAt = 0;
+  /** when each unreferenced object was first seen so (the grace of automatic passes) */
+  private readonly unreferencedSince = new Map<string, number>();
   private cullQueued = false;
   private written = 0;
   private checkEvery = CHECK_EVERY;
@@ -248,12 +251,24 @@ export class CacheManager implements CachePressureHandler {
       const t0 = Date.now();
       const report: GcReport = { trigger: o.trigger, dry_run: !!o.dryRun, removed: [], deferred: 0, skipped: [], bytes_freed: 0, duration_ms: 0 };
       const graceMs = (o.graceSecs ?? 0) * 1000;
-      for (const obj of this.objects()) {
+      let nextExpiry = Infinity;
+      const objs = this.objects();
+      for (const k of this.unreferencedSince.keys()) if (!objs.some((x) => keyOf(x) === k)) this.unreferencedSince.delete(k);
+      for (const obj of objs) {
         // classified again right before the removal: a registration made meanwhile keeps it
         const c = this.classify(obj);
-        if (c.images.length) continue;
-        if (graceMs > 0 && t0 - obj.lastAccess < graceMs) {
+        const k = keyOf(obj);
+        if (c.images.length) {
+          this.unreferencedSince.delete(k);
+          continue;
+        }
+        if (!this.unreferencedSince.has(k)) this.unreferencedSince.set(k, t0);
+        // grace: counted from its last read or from when it was first seen unreferenced (after
+        // the last unregister; a daemon restart starts it again), whichever is later
+        const idleFrom = Math.max(obj.lastAccess, this.unreferencedSince.get(k)!);
+        if (graceMs > 0 && t0 - idleFrom < graceMs) {
           report.deferred++;
+          nextExpiry = Math.min(nextExpiry, idleFrom + graceMs);
           continue;
         }
         const ref = { blob_id: obj.id, ...(obj.volume !== undefined ? { volume: obj.volume } : {}) };
@@ -274,6 +289,8 @@ export class CacheManager implements CachePressureHandler {
         report.bytes_freed += bytes;
       }
       report.duration_ms = Date.now() - t0;
+      // an automatic pass comes back when the first deferred object's grace is over
+      if (graceMs > 0 && nextExpiry < Infinity && !o.dryRun) this.scheduleGc('grace', Math.max(1000, nextExpiry - Date.now() + 1000));
       if (!o.dryRun) {
         this.m.gc_runs++;
         this.m.gc_blobs_removed += report.removed.length;
@@ -315,12 +332,17 @@ export class CacheManager implements CachePressureHandler {
     if (this.opts.config.gcOnUnregister) this.scheduleGc('unregister');
   }
 
-  private scheduleGc(trigger: string): void {
-    if (this.stopped || this.gcSoon) return;
+  private scheduleGc(trigger: string, delayMs = 200): void {
+    if (this.stopped) return;
+    if (this.gcSoon) {
+      if (this.gcSoonAt <= Date.now() + delayMs) return; // one is due sooner
+      clearTimeout(this.gcSoon);
+    }
+    this.gcSoonAt = Date.now() + delayMs;
     this.gcSoon = setTimeout(() => {
       this.gcSoon = undefined;
       void this.gc({ trigger, graceSecs: this.opts.config.gcGraceSecs }).catch((e) => this.opts.log('warn', `cache gc (${trigger}) failed: ${errMsg(e)}`));
-    }, 200);
+    }, delayMs);
     this.gcSoon.unref();
   }
 

@@ -20,7 +20,7 @@
  */
 import * as fs from 'node:fs';
 import type { CachedObject, CachePressureHandler, FrontendCache } from '../daemon/interfaces';
-import { scanCachefilesLayout } from '../daemon/cache-usage';
+import { dataRanges, scanCachefilesLayout } from '../daemon/cache-usage';
 import { NydusError } from '../errors';
 
 const ATIME_PERSIST_MS = 30_000;
@@ -29,8 +29,8 @@ export const CULLING_REARM_MS = 5_000;
 export interface CachefilesCacheSpaceOptions {
   /** the cache dir (the one bound with `dir`) */
   dir: string;
-  /** volume (domain or fsid, without "erofs,") and cookie of every object open now */
-  open: () => Iterable<{ volume: string; cookie: string }>;
+  /** every object open now: volume (domain or fsid, without "erofs,"), cookie, anonymous fd, size */
+  open: () => Iterable<{ volume: string; cookie: string; fd: number; size: number }>;
   /** the cache file of a cookie in a volume */
   pathOf: (volume: string, cookie: string) => string;
   /** `cull D<cookie>` in the volume's fan-out directory (cachefiles.ts) */
@@ -105,14 +105,36 @@ export class CachefilesCacheSpace implements FrontendCache {
     this.rearmTimer.unref();
   }
 
+  /**
+   * The cache files in the cache dir, and the objects open now whose file is not there: cachefiles
+   * creates a new object's file as a tmpfile and links it into its directory only when the object
+   * is withdrawn (unmount), so until then it is seen through the object's anonymous fd only
+   * (SEEK_DATA/SEEK_HOLE reach the backing file; its data bytes stand for its size on disk).
+   */
   objects(): CachedObject[] {
-    const open = new Set<string>();
-    for (const o of this.opts.open()) open.add(key(o.volume, o.cookie));
-    return scanCachefilesLayout(this.opts.dir).map((o) => {
+    const open = new Map<string, { volume: string; cookie: string; fd: number; size: number }>();
+    for (const o of this.opts.open()) open.set(key(o.volume, o.cookie), o);
+    const out = scanCachefilesLayout(this.opts.dir).map((o) => {
       const k = key(o.volume ?? '', o.id);
       const tracked = this.access.get(k)?.last ?? 0;
       return { ...o, inUse: open.has(k), lastAccess: Math.max(o.lastAccess, tracked) };
     });
+    const seen = new Set(out.map((o) => key(o.volume ?? '', o.id)));
+    for (const [k, o] of open) {
+      if (seen.has(k)) continue;
+      let ranges: Array<[number, number]> = [];
+      try {
+        ranges = dataRanges(o.fd, o.size, `cache object erofs,${k}`);
+      } catch {
+        // no backing file yet (ENOBUFS until the kernel's worker made it)
+      }
+      const present = ranges.reduce((n, [a, b]) => n + (b - a), 0);
+      out.push({
+        id: o.cookie, volume: o.volume, path: this.opts.pathOf(o.volume, o.cookie), size: o.size, diskBytes: present, presentBytes: present,
+        lastAccess: this.access.get(k)?.last ?? 0, inUse: true, presentRanges: () => ranges,
+      });
+    }
+    return out;
   }
 
   async remove(obj: CachedObject): Promise<number> {

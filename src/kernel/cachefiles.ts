@@ -485,7 +485,9 @@ export class CachefilesFrontend implements KernelFrontend {
     Atomics.store(new Int32Array(this.stopFlag), 1, 1);
     this.cache = new CachefilesCacheSpace({
       dir: opts.dir, log: this.log,
-      open: () => [...this.objects.values()].map((o) => ({ volume: o.volume, cookie: o.cookie })),
+      open: () => [...this.objects.values()].filter((o) => !o.writer.isClosed).map((o) => ({
+        volume: o.volume, cookie: o.cookie, fd: o.fd, size: o.session?.size ?? (o.lookup.kind === 'bootstrap' ? o.lookup.image.bootstrapSize : 0),
+      })),
       pathOf: (volume, cookie) => path.join(opts.dir, 'cache', `Ierofs,${volume}`, cookieFanout(`erofs,${volume}`, cookie), cookieFileName(cookie)),
       cull: (cookie, volume) => this.cull(cookie, volume),
       rearmCullingSignal: () => {
