@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(erofs-utils e2fsprogs qemu-system-x86 attr acl tar gzip zstd lz4 util-linux kmod iproute2
-      docker-registry skopeo umoci apache2-utils nginx-light containerd runc)
+      docker-registry skopeo umoci apache2-utils nginx-light containerd runc curl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
