@@ -32,7 +32,7 @@ import { startRegistry, TestRegistry } from '../test/helpers/registry';
 import { startSnapshotter, SnapshotterProcess, killLeftovers } from '../test/helpers/containerd';
 import { apiRequest, ensureDaemon } from '../src/cli/daemon-commands';
 import {
-  benchMain, CACHE_DIR, CLI, REPO, dropCaches, logger, must, now, onCleanup, opt, otherLoad, parseArgs, optionHelp, removeWorkDir, requireCommands,
+  benchMain, CACHE_DIR, CLI, REPO, dropCaches, logger, must, now, onCleanup, opt, otherLoad, parseArgs, usageText, removeWorkDir, requireCommands,
   requireRoot, roundOrder, run, UsageError, workDir, median, MiB,
 } from './lib/harness';
 import { createLink, countersDelta, parseRate, rateLabel, ShapedLink, LinkCounters } from './lib/netmodel';
@@ -85,18 +85,13 @@ const SPEC = {
   keep: opt.flag('--keep', 'keep the work directory'),
 };
 
-const USAGE = `usage: node dist/bench/start-bench.js [options]      (as root; or: npm run bench:start -- [options])
+const USAGE = usageText(`usage: node dist/bench/start-bench.js [options]      (as root; or: npm run bench:start -- [options])
 
 Time to a real container's start, first output and end: containerd's overlayfs snapshotter with
 the OCI image (CRI pull: download + unpack) against nydus-ts snapshotter with its nydus
 conversion (lazy), the registry behind a link of a known rate (a network namespace, veth, tbf);
-cold caches per run; bytes over the link from the veth counters.
-
-${optionHelp(SPEC)}
-  -h, --help        this text
-
-Environment: NYDUS_TS_CACHE (cache dir: rootfs tar, images), NYDUS_TS_TMP (work dir base; must be
-ext4/xfs/btrfs for the daemon's cache).`;
+cold caches per run; bytes over the link from the veth counters.`, SPEC, `Environment: NYDUS_TS_CACHE (cache dir: rootfs tar, images), NYDUS_TS_TMP (work dir base; must be
+ext4/xfs/btrfs for the daemon's cache).`);
 
 type Args = ReturnType<typeof parseArgs<typeof SPEC>>;
 
@@ -107,17 +102,31 @@ interface Endpoint { host: string; relay?: DelayRelay }
 // variant set-up: the optimized image
 
 /**
- * `nydus-ts optimize` once per image (untimed): it records what the workload reads from the lazy
- * image and rebuilds it with those chunks first; pushed as REG/NAME:nydus-optimized.
+ * `nydus-ts optimize` once per image (untimed): it records what the workload reads from a lazy
+ * mount of REG/NAME:nydus (its own daemon and cache, in the work dir), rebuilds the image with
+ * those chunks first and its files in the prefetch table, and pushes REG/NAME:nydus-optimized.
  */
 async function optimizeImage(img: ImageSetup, ctx: SetupCtx): Promise<void> {
   const help = await run(process.execPath, [CLI, 'optimize', '--help']);
   if (help.code !== 0) throw new UsageError(`--variants nydus-ts-optimized: this build has no \`nydus-ts optimize\` (${(help.stderr.trim() || help.stdout.trim()).split('\n')[0]})`);
+  const dir = path.join(ctx.work, `optimize-${img.name}`);
+  const sock = path.join(dir, 'daemon', 'api.sock');
+  const reportFile = path.join(dir, 'report.json');
+  fs.mkdirSync(path.join(dir, 'scratch'), { recursive: true });
   const target = ctx.reg.ref(img.name, 'nydus-optimized');
   const t = now();
-  await must(process.execPath, [CLI, 'optimize', '--source', ctx.reg.ref(img.name, 'nydus'), '--target', target, '--insecure',
-    '--work-dir', path.join(ctx.work, `optimize-${img.name}`), ...ctx.optimizeArgs, '--', ...img.workload], { timeoutMs: 1_800_000 });
-  log(`${img.name}: nydus-ts optimize → ${target} in ${(now() - t).toFixed(1)} s`);
+  try {
+    await must(process.execPath, [CLI, 'optimize', '--image', ctx.reg.ref(img.name, 'nydus'), '--target', target, '--insecure', '-A', sock, '--cache-dir', path.join(dir, 'cache'),
+      '--work-dir', path.join(dir, 'scratch'), '--bootstrap-cache', path.join(dir, 'bootstraps'), '-J', reportFile, ...ctx.optimizeArgs, '--', ...img.workload], { timeoutMs: 1_800_000 });
+  } finally {
+    await stopDaemon(sock, dir);
+  }
+  const rep = JSON.parse(fs.readFileSync(reportFile, 'utf8')) as { record?: { stats?: { read_bytes?: number; files_read?: number } }; rebuild?: { relayout?: { startup_chunks?: number; startup_compressed_bytes?: number; prefetch_files?: number } } };
+  img.optimized = {
+    read_bytes: rep.record?.stats?.read_bytes ?? NaN, files_read: rep.record?.stats?.files_read ?? NaN,
+    startup_compressed_bytes: rep.rebuild?.relayout?.startup_compressed_bytes ?? NaN, prefetch_files: rep.rebuild?.relayout?.prefetch_files ?? NaN,
+  };
+  log(`${img.name}: nydus-ts optimize → ${target} in ${(now() - t).toFixed(1)} s: the workload read ${(img.optimized.read_bytes / MiB).toFixed(1)} MiB of ${img.optimized.files_read} files; start-up chunks ${(img.optimized.startup_compressed_bytes / MiB).toFixed(1)} MiB compressed`);
 }
 
 // ---------------------------------------------------------------------------------------------

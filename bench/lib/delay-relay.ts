@@ -89,9 +89,11 @@ function serve(listenHost: string, listenPort: number, targetHost: string, targe
 
 export interface DelayRelay { host: string; port: number; rttMs: number; stop(): Promise<void> }
 
-/** Start the relay as a child process on listenHost (port chosen by the kernel). */
-export async function startDelayRelay(o: { listenHost: string; targetHost: string; targetPort: number; rttMs: number }): Promise<DelayRelay> {
-  const p = spawn(process.execPath, [__filename, o.listenHost, '0', o.targetHost, String(o.targetPort), String(o.rttMs)], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** Start the relay as a child process on listenHost (port chosen by the kernel); `nice` raises its priority. */
+export async function startDelayRelay(o: { listenHost: string; targetHost: string; targetPort: number; rttMs: number; nice?: number }): Promise<DelayRelay> {
+  const argv = [process.execPath, __filename, o.listenHost, '0', o.targetHost, String(o.targetPort), String(o.rttMs)];
+  const [cmd, ...args] = o.nice ? ['nice', '-n', String(o.nice), ...argv] : argv;
+  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   p.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const port = await new Promise<number>((resolve, reject) => {

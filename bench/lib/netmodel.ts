@@ -138,6 +138,16 @@ export function createLink(o: LinkOptions): ShapedLink {
   const prefix = `10.213.${o.subnet}.`;
   const hostAddr = `${prefix}1`;
   const nsAddr = `${prefix}2`;
+  // one run per tag: a second one would tear down the first's link as a crashed run's leftover
+  const lock = `/run/nts-${o.tag}.lock`;
+  let owner = 0;
+  try {
+    owner = Number(fs.readFileSync(lock, 'utf8'));
+  } catch {
+    // no lock: nobody else
+  }
+  if (owner > 0 && owner !== process.pid && alive(owner)) throw new Error(`link ${o.tag} is in use by process ${owner} (another benchmark run); wait for it to end`);
+  fs.writeFileSync(lock, String(process.pid));
   removeLink(o.tag);
   checkSubnetFree(prefix, hostIf);
   try {
@@ -179,7 +189,10 @@ export function createLink(o: LinkOptions): ShapedLink {
       ns: spawnSync('tc', ['-n', netns, '-s', 'qdisc', 'show', 'dev', nsIf], { encoding: 'utf8' }).stdout.trim(),
     }),
     spawnInside: (cmd, args, so = {}) => spawn(nsPrefix[0], [...nsPrefix.slice(1), cmd, ...args], { stdio: so.stdio ?? 'ignore', env: so.env ?? process.env }),
-    destroy: () => removeLink(o.tag),
+    destroy: () => {
+      removeLink(o.tag);
+      fs.rmSync(lock, { force: true });
+    },
   };
   setRate(o.rateMbit);
   return link;
@@ -232,9 +245,14 @@ export const expectedByte = (i: number): number => ((i % (1 << 20)) * 7) % 251;
 
 export interface ByteServer { url: string; stop(): Promise<void> }
 
-/** Start the byte server inside the link's namespace on nsAddr:port. */
-export async function startByteServer(link: ShapedLink, port: number): Promise<ByteServer> {
-  const p = link.spawnInside(process.execPath, ['-e', BYTE_SERVER, link.nsAddr, String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Start the byte server inside the link's namespace on nsAddr:port. `nice` (e.g. -15) raises its
+ * scheduling priority, so that other load on the machine does not starve the sender.
+ */
+export async function startByteServer(link: ShapedLink, port: number, nice = 0): Promise<ByteServer> {
+  const argv = [process.execPath, '-e', BYTE_SERVER, link.nsAddr, String(port)];
+  const [cmd, ...args] = nice ? ['nice', '-n', String(nice), ...argv] : argv;
+  const p = link.spawnInside(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   p.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   await new Promise<void>((resolve, reject) => {
