@@ -166,6 +166,11 @@ export function optionHelp(spec: Spec): string {
   }).join('\n');
 }
 
+/** A benchmark's --help: the head, the options of `spec` and -h, then the tail. */
+export function usageText(head: string, spec: Spec, tail = ''): string {
+  return `${head.trimEnd()}\n\n${optionHelp(spec)}\n  -h, --help\n${tail ? `\n${tail.trimEnd()}\n` : ''}`;
+}
+
 /**
  * Parse argv by `spec`. -h/--help prints `usage` and exits 0; a bad option throws UsageError.
  * With `passThrough`, options the spec does not know are kept in order in `rest` (a host
