@@ -31,19 +31,20 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as http from 'node:http';
 import * as crypto from 'node:crypto';
-import * as zlib from 'node:zlib';
-import { spawn, spawnSync, execFileSync, ChildProcess } from 'node:child_process';
-import { pipeline } from 'node:stream/promises';
-import { Transform } from 'node:stream';
+import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import { DaemonApiClient } from '../src/daemon/api-client';
 import { freePort } from '../test/helpers/registry';
+import {
+  benchMain, fmtMiB, fmtS, isMounted, logger, median, MiB, must, now, opt, usageText, parseArgs, REPO, requireCommands, requireRoot, run, UsageError,
+} from './lib/harness';
+import { buildRootfsLayout, LayoutInfo, readLayout, ROOT_PATH, TAR_X } from './lib/oci-layout';
+import { egressSince, Egress, logOffset } from './lib/registry-log';
 
-const REPO = path.resolve(__dirname, '..', '..');
 /** the CLI that is measured: a copy on the guest's tmpfs (see installCli), else the repository's */
 let CLI = path.join(REPO, 'dist', 'src', 'cli', 'main.js');
-const MiB = 1 << 20;
 const IMAGE_REPO = 'bookworm-minbase';
-const CHROOT_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root', LANG: 'C', TERM: 'dumb' };
+const CHROOT_ENV = { PATH: ROOT_PATH, HOME: '/root', LANG: 'C', TERM: 'dumb' };
+const log = logger('pull-bench');
 
 export const WORKLOADS: Array<{ name: string; argv: string[] }> = [
   { name: 'bash -c true', argv: ['/bin/bash', '-c', 'true'] },
@@ -53,237 +54,35 @@ export const WORKLOADS: Array<{ name: string; argv: string[] }> = [
 
 type VariantName = 'full' | 'nydus';
 
-interface Args {
-  ociLayout?: string;
-  rootfsTar?: string;
-  layers: number;
-  slim: boolean;
-  rounds: number;
-  variants: VariantName[];
-  outputJson?: string;
-  workDir?: string;
-  keep: boolean;
-  dropCaches: boolean;
-  cliFrom9p: boolean;
-  daemonEnv: Record<string, string>;
-  convertArgs: string[];
-  mountArgs: string[];
-}
+const SPEC = {
+  ociLayout: opt.path('--oci-layout', 'the OCI layout of the rootfs image (tag latest), built by the host; copied to the scratch disk before use', 'DIR'),
+  rootfsTar: opt.path('--rootfs-tar', 'or build the layout here from this rootfs tar (scripts/make-rootfs.sh)', 'TAR'),
+  layers: opt.choice('--layers', ['1', '2'] as const, '1', 'with --rootfs-tar: one gzip layer (the tar as is) or two (everything but /var, then /var)'),
+  slim: opt.flag('--slim', "with --rootfs-tar: leave out apt's package lists and downloaded .debs (var/lib/apt/lists/*_*, var/cache/apt/archives/*.deb), as Docker's debian images do"),
+  rounds: opt.int('--rounds', 3, 'measured rounds, interleaved; medians are reported'),
+  variants: opt.list('--variants', ['full', 'nydus'] as VariantName[], 'one alone is for development', ['full', 'nydus']),
+  workDir: opt.path('--work-dir', 'where everything lives (default $NYDUS_VM_CACHE_DIR, the ext4 disk)', 'DIR'),
+  convertArgs: opt.repeat('--convert-arg', 'extra argument for `nydus-ts convert`'),
+  mountArgs: opt.repeat('--mount-arg', 'extra argument for `nydus-ts mount --image`'),
+  daemonEnv: opt.env('--daemon-env', "extra environment for the daemon, e.g. the blob session's NYDUS_TS_READAHEAD=BYTES (0 = no readahead)"),
+  outputJson: opt.path('--output-json', 'machine-readable results'),
+  keep: opt.flag('--keep', 'keep the work directory'),
+  cliFrom9p: opt.flag('--cli-from-9p', "run nydus-ts from the repository over the VM's 9p root instead of a copy on the guest's tmpfs (9p with cache=mmap does not cache reads, so every node start-up reads its modules from the host again)"),
+  dropCaches: opt.off('--no-drop-caches', 'do not drop the page cache before each run (development outside the VM, where dropping would hurt everybody else on the machine)'),
+};
 
-export const USAGE = `usage: node dist/bench/pull-bench.js [options]     (inside the test VM, as root)
+export const USAGE = usageText('usage: node dist/bench/pull-bench.js [options]     (inside the test VM, as root)', SPEC);
 
-  --oci-layout DIR      the OCI layout of the rootfs image (tag latest), built by the host;
-                        copied to the scratch disk before use
-  --rootfs-tar TAR      or build the layout here from this rootfs tar (scripts/make-rootfs.sh)
-  --layers 1|2          with --rootfs-tar: one gzip layer (the tar as is, default) or two
-                        (everything but /var, then /var)
-  --slim                with --rootfs-tar: leave out apt's package lists and downloaded .debs
-                        (var/lib/apt/lists/*_*, var/cache/apt/archives/*.deb), as Docker's
-                        debian images do
-  --rounds N            measured rounds, interleaved; medians are reported (default 3)
-  --variants LIST       full,nydus (default both); one alone is for development
-  --work-dir DIR        where everything lives (default $NYDUS_VM_CACHE_DIR, the ext4 disk)
-  --convert-arg A       extra argument for \`nydus-ts convert\` (repeatable)
-  --mount-arg A         extra argument for \`nydus-ts mount --image\` (repeatable)
-  --daemon-env K=V      extra environment for the daemon (repeatable), e.g. the blob session's
-                        NYDUS_TS_READAHEAD=BYTES (0 = no readahead)
-  --output-json FILE    machine-readable results
-  --keep                keep the work directory
-  --cli-from-9p         run nydus-ts from the repository over the VM's 9p root instead of a
-                        copy on the guest's tmpfs (9p with cache=mmap does not cache reads, so
-                        every node start-up reads its modules from the host again)
-  --no-drop-caches      do not drop the page cache before each run (development outside the
-                        VM, where dropping would hurt everybody else on the machine)
-  -h, --help
-`;
+type Args = ReturnType<typeof parseArgs<typeof SPEC>>;
 
-function fail(msg: string): never {
-  process.stderr.write(`pull-bench: ${msg}\n\n${USAGE}`);
-  process.exit(2);
-}
-
-function log(msg: string): void {
-  process.stderr.write(`pull-bench: ${msg}\n`);
-}
-
-function parseArgs(argv: string[]): Args {
-  const a: Args = { layers: 1, slim: false, rounds: 3, variants: ['full', 'nydus'], keep: false, dropCaches: true, cliFrom9p: false, daemonEnv: {}, convertArgs: [], mountArgs: [] };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) fail(`${k} needs a value`);
-      return v;
-    };
-    switch (k) {
-      case '-h':
-      case '--help':
-        process.stdout.write(USAGE);
-        process.exit(0);
-      // eslint-disable-next-line no-fallthrough
-      case '--oci-layout': a.ociLayout = path.resolve(val()); break;
-      case '--rootfs-tar': a.rootfsTar = path.resolve(val()); break;
-      case '--layers': a.layers = Number(val()); break;
-      case '--slim': a.slim = true; break;
-      case '--rounds': a.rounds = Number(val()); break;
-      case '--variants': a.variants = val().split(',').filter(Boolean) as VariantName[]; break;
-      case '--work-dir': a.workDir = path.resolve(val()); break;
-      case '--convert-arg': a.convertArgs.push(val()); break;
-      case '--mount-arg': a.mountArgs.push(val()); break;
-      case '--output-json': a.outputJson = path.resolve(val()); break;
-      case '--keep': a.keep = true; break;
-      case '--no-drop-caches': a.dropCaches = false; break;
-      case '--cli-from-9p': a.cliFrom9p = true; break;
-      case '--daemon-env': {
-        const v = val();
-        const eq = v.indexOf('=');
-        if (eq <= 0) fail('--daemon-env needs K=V');
-        a.daemonEnv[v.slice(0, eq)] = v.slice(eq + 1);
-        break;
-      }
-      default:
-        fail(`unknown argument ${k}`);
-    }
-  }
-  if (!a.ociLayout && !a.rootfsTar) fail('--oci-layout or --rootfs-tar is required');
-  if (a.layers !== 1 && a.layers !== 2) fail('--layers must be 1 or 2');
-  if (!Number.isInteger(a.rounds) || a.rounds < 1) fail('--rounds must be a positive integer');
-  if (!a.variants.length || a.variants.some((v) => v !== 'full' && v !== 'nydus')) fail('--variants: a comma-separated list of full, nydus');
+function parse(argv: string[]): Args {
+  const a = parseArgs(argv, SPEC, { usage: USAGE });
+  if (!a.ociLayout && !a.rootfsTar) throw new UsageError('--oci-layout or --rootfs-tar is required');
   return a;
 }
 
 // ---------------------------------------------------------------------------------------------
-// The OCI image (also used by the host, which builds and caches the layout)
-
-export interface LayoutInfo {
-  dir: string;
-  tag: string;
-  manifest_digest: string;
-  layers: Array<{ digest: string; size: number; diff_id: string; uncompressed: number }>;
-}
-
-const TAR_X = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--same-owner', '--same-permissions'];
-const TAR_C = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--sort=name', '--format=posix', '--pax-option=delete=atime,delete=ctime'];
-
-function sha256hex(b: Buffer | string): string {
-  return crypto.createHash('sha256').update(b).digest('hex');
-}
-
-/** gzip `tarFile` (level 6) into the layout's blobs; digest, size, diff_id. */
-async function gzipIntoLayout(tarFile: string, layoutDir: string): Promise<LayoutInfo['layers'][number]> {
-  const tmp = path.join(layoutDir, `.layer-${process.pid}.tmp`);
-  const diff = crypto.createHash('sha256');
-  const comp = crypto.createHash('sha256');
-  let size = 0;
-  let uncompressed = 0;
-  await pipeline(
-    fs.createReadStream(tarFile, { highWaterMark: MiB }),
-    new Transform({ transform(c: Buffer, _e, cb) { diff.update(c); uncompressed += c.length; cb(null, c); } }),
-    zlib.createGzip({ level: 6 }),
-    new Transform({ transform(c: Buffer, _e, cb) { comp.update(c); size += c.length; cb(null, c); } }),
-    fs.createWriteStream(tmp),
-  );
-  const hex = comp.digest('hex');
-  fs.renameSync(tmp, path.join(layoutDir, 'blobs', 'sha256', hex));
-  return { digest: `sha256:${hex}`, size, diff_id: `sha256:${diff.digest('hex')}`, uncompressed };
-}
-
-function writeBlob(layoutDir: string, data: Buffer): string {
-  const hex = sha256hex(data);
-  fs.writeFileSync(path.join(layoutDir, 'blobs', 'sha256', hex), data);
-  return `sha256:${hex}`;
-}
-
-/**
- * An OCI layout (tag `latest`) of the rootfs tar: one gzip layer of the tar as it is, or (layers
- * = 2, or slim) the tree unpacked and re-tarred with GNU tar: everything but ./var, then ./var.
- * `slim` leaves out apt's lists and cached .debs. Needs root (ownership) when it unpacks.
- */
-export async function buildRootfsLayout(rootfsTar: string, layoutDir: string, opts: { layers: number; slim: boolean; log?: (m: string) => void }): Promise<LayoutInfo> {
-  const say = opts.log ?? (() => undefined);
-  fs.rmSync(layoutDir, { recursive: true, force: true });
-  fs.mkdirSync(path.join(layoutDir, 'blobs', 'sha256'), { recursive: true });
-  const scratch = fs.mkdtempSync(path.join(path.dirname(layoutDir), `.${path.basename(layoutDir)}-work-`));
-  try {
-    const tars: Array<{ file: string; createdBy: string }> = [];
-    if (opts.layers === 1 && !opts.slim) {
-      tars.push({ file: rootfsTar, createdBy: 'debootstrap --variant=minbase bookworm (scripts/make-rootfs.sh)' });
-    } else {
-      const tree = path.join(scratch, 'rootfs');
-      fs.mkdirSync(tree);
-      say(`unpacking ${rootfsTar}`);
-      execFileSync('tar', [...TAR_X, '-C', tree, '-xf', rootfsTar], { stdio: ['ignore', 'ignore', 'inherit'] });
-      const slim = opts.slim ? ['--exclude=./var/lib/apt/lists/*_*', '--exclude=./var/cache/apt/archives/*.deb'] : [];
-      const mk = (name: string, args: string[], createdBy: string): void => {
-        const file = path.join(scratch, name);
-        execFileSync('tar', ['-cf', file, ...TAR_C, '--anchored', '--wildcards', ...slim, '-C', tree, ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
-        tars.push({ file, createdBy });
-      };
-      if (opts.layers === 1) mk('layer.tar', ['.'], `debootstrap --variant=minbase bookworm${opts.slim ? ' (slim)' : ''}`);
-      else {
-        mk('base.tar', ['--exclude=./var', '.'], 'debootstrap --variant=minbase bookworm: everything but /var');
-        mk('var.tar', ['./var'], `debootstrap --variant=minbase bookworm: /var${opts.slim ? ' (slim)' : ''}`);
-      }
-    }
-    const layers: LayoutInfo['layers'] = [];
-    for (const t of tars) {
-      say(`gzip ${path.basename(t.file)} (${(fs.statSync(t.file).size / MiB).toFixed(1)} MiB)`);
-      layers.push(await gzipIntoLayout(t.file, layoutDir));
-    }
-    const config = {
-      created: '2024-01-01T00:00:00Z', architecture: 'amd64', os: 'linux',
-      config: { Env: [`PATH=${CHROOT_ENV.PATH}`], Cmd: ['bash'], WorkingDir: '/' },
-      rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diff_id) },
-      history: tars.map((t) => ({ created: '2024-01-01T00:00:00Z', created_by: t.createdBy })),
-    };
-    const configRaw = Buffer.from(JSON.stringify(config));
-    const configDigest = writeBlob(layoutDir, configRaw);
-    const manifest = {
-      schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: configDigest, size: configRaw.length },
-      layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: l.digest, size: l.size })),
-    };
-    const manifestRaw = Buffer.from(JSON.stringify(manifest));
-    const manifestDigest = writeBlob(layoutDir, manifestRaw);
-    fs.writeFileSync(path.join(layoutDir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-    fs.writeFileSync(path.join(layoutDir, 'index.json'), JSON.stringify({
-      schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json',
-      manifests: [{ mediaType: manifest.mediaType, digest: manifestDigest, size: manifestRaw.length, annotations: { 'org.opencontainers.image.ref.name': 'latest' } }],
-    }));
-    const info: LayoutInfo = { dir: layoutDir, tag: 'latest', manifest_digest: manifestDigest, layers };
-    fs.writeFileSync(path.join(layoutDir, 'pull-bench-layout.json'), JSON.stringify(info, null, 2) + '\n');
-    return info;
-  } finally {
-    fs.rmSync(scratch, { recursive: true, force: true });
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Helpers
-
-const now = (): number => Number(process.hrtime.bigint()) / 1e9;
-
-interface RunResult { code: number | null; signal: string | null; stdout: Buffer; stderr: string; seconds: number }
-
-/** Run a command to its end (asynchronously, so the event loop keeps turning); stdout kept. */
-function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const t0 = now();
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd });
-    const out: Buffer[] = [];
-    let err = '';
-    p.stdout!.on('data', (d: Buffer) => out.push(d));
-    p.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    p.on('error', reject);
-    p.on('close', (code, signal) => resolve({ code, signal, stdout: Buffer.concat(out), stderr: err, seconds: now() - t0 }));
-  });
-}
-
-async function must(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
-  const r = await run(cmd, args, opts);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code ?? r.signal}): ${r.stderr.trim() || r.stdout.toString().trim()}`);
-  return r;
-}
 
 let dropEnabled = true;
 function dropCaches(): void {
@@ -336,20 +135,9 @@ function installCli(dest: string): string {
   return path.join(dest, 'dist', 'src', 'cli', 'main.js');
 }
 
-function isMounted(mnt: string): boolean {
-  return fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === mnt);
-}
-
 async function umountIf(mnt: string): Promise<void> {
   if (isMounted(mnt)) await must('umount', [mnt]);
 }
-
-const median = (xs: number[]): number => {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (!s.length) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 
 function httpGet(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolve, reject) => {
@@ -441,62 +229,6 @@ async function stopProc(p: ChildProcess, graceMs = 10_000): Promise<void> {
   clearTimeout(t);
 }
 
-interface Egress {
-  requests: number;
-  blob_gets: number;
-  blob_bytes: number;
-  manifest_bytes: number;
-  total_bytes: number;
-  /** sum of the registry's own response durations (request in → last byte written) */
-  busy_s: number;
-  /** blob GETs: seconds since t0 at which the response completed, bytes, duration */
-  gets: Array<{ at_s: number; bytes: number; ms: number }>;
-}
-
-function durationS(d: string): number {
-  const m = /^([\d.]+)(ns|µs|us|ms|s|m)$/.exec(d);
-  if (!m) return NaN;
-  const f: Record<string, number> = { ns: 1e-9, µs: 1e-6, us: 1e-6, ms: 1e-3, s: 1, m: 60 };
-  return Number(m[1]) * f[m[2]];
-}
-
-/**
- * Registry responses logged since `offset`: distribution's "response completed" lines (logfmt:
- * time=, http.request.method=, http.request.uri=, http.response.written=, http.response.duration=).
- * `t0Epoch` (ms since the epoch at the variant's start) gives the GETs' times relative to it.
- */
-function egressSince(reg: Registry, offset: number, t0Epoch: number): Egress {
-  const fd = fs.openSync(reg.logFile, 'r');
-  const size = fs.fstatSync(fd).size;
-  const buf = Buffer.alloc(Math.max(0, size - offset));
-  fs.readSync(fd, buf, 0, buf.length, offset);
-  fs.closeSync(fd);
-  const e: Egress = { requests: 0, blob_gets: 0, blob_bytes: 0, manifest_bytes: 0, total_bytes: 0, busy_s: 0, gets: [] };
-  const field = (line: string, k: string): string | undefined => {
-    const m = new RegExp(`(?:^| )${k.replace(/\./g, '\\.')}=("(?:[^"\\\\]|\\\\.)*"|\\S+)`).exec(line);
-    return m ? m[1].replace(/^"|"$/g, '') : undefined;
-  };
-  for (const line of buf.toString('utf8').split('\n')) {
-    if (!/msg="response completed/.test(line)) continue;
-    const method = field(line, 'http.request.method') ?? '';
-    const uri = field(line, 'http.request.uri') ?? '';
-    const bytes = Number(field(line, 'http.response.written') ?? 0) || 0;
-    const dur = durationS(field(line, 'http.response.duration') ?? '');
-    const time = Date.parse(field(line, 'time') ?? '');
-    e.requests++;
-    e.total_bytes += bytes;
-    if (Number.isFinite(dur)) e.busy_s += dur;
-    if (method === 'GET' && /\/blobs\/sha256:/.test(uri)) {
-      e.blob_gets++;
-      e.blob_bytes += bytes;
-      e.gets.push({ at_s: (time - t0Epoch) / 1000, bytes, ms: dur * 1000 });
-    } else if (/\/manifests\//.test(uri)) e.manifest_bytes += bytes;
-  }
-  return e;
-}
-
-const logSize = (reg: Registry): number => fs.statSync(reg.logFile).size;
-
 // ---------------------------------------------------------------------------------------------
 // The variants
 
@@ -528,7 +260,7 @@ async function runWorkload(root: string, t0: number): Promise<WorkloadRun[]> {
   for (const w of WORKLOADS) {
     const r = await run('chroot', [root, ...w.argv], { env: CHROOT_ENV, cwd: '/' });
     if (r.code !== 0) throw new Error(`chroot ${root} ${w.argv.join(' ')} failed (${r.code ?? r.signal}): ${r.stderr.trim()}`);
-    out.push({ name: w.name, seconds: r.seconds, end_s: now() - t0, output_sha256: sha256hex(r.stdout), output_lines: r.stdout.toString().split('\n').filter(Boolean).length });
+    out.push({ name: w.name, seconds: r.seconds, end_s: now() - t0, output_sha256: crypto.createHash('sha256').update(r.stdoutBytes).digest('hex'), output_lines: r.stdout.split('\n').filter(Boolean).length });
   }
   return out;
 }
@@ -543,6 +275,16 @@ async function overlay(lower: string, upperTmpfs: string, merged: string): Promi
   await must('mount', ['-t', 'overlay', 'pull-bench-root', '-o', `lowerdir=${lower},upperdir=${upperTmpfs}/upper,workdir=${upperTmpfs}/work`, merged]);
 }
 
+/** The container part of both variants: an overlay on `lower`, the first byte of bash, the workload (seconds since t0). */
+async function runContainer(lower: string, upper: string, merged: string, t0: number): Promise<{ overlay_s: number; first_byte_s: number; end_s: number; workloads: WorkloadRun[] }> {
+  await overlay(lower, upper, merged);
+  const ov = now() - t0;
+  firstByte(merged, 'bin/bash');
+  const fb = now() - t0;
+  const workloads = await runWorkload(merged, t0);
+  return { overlay_s: ov, first_byte_s: fb, end_s: now() - t0, workloads };
+}
+
 async function fullPull(reg: Registry, work: string, ref: string, round: number): Promise<RoundResult> {
   const dir = path.join(work, `full-${round}`);
   const pulled = path.join(dir, 'pulled');
@@ -552,7 +294,7 @@ async function fullPull(reg: Registry, work: string, ref: string, round: number)
   fs.mkdirSync(root, { recursive: true });
   dropCaches();
   await warmTools();
-  const off = logSize(reg);
+  const off = logOffset(reg.logFile);
   const env = { ...process.env, TMPDIR: dir };
   try {
     const t0 = now();
@@ -566,14 +308,8 @@ async function fullPull(reg: Registry, work: string, ref: string, round: number)
       await must('tar', ['-x', ...z, '-f', blob, ...TAR_X, '-C', root]);
     }
     const ready = now() - t0;
-    await overlay(root, upper, merged);
-    const ov = now() - t0;
-    firstByte(merged, 'bin/bash');
-    const fb = now() - t0;
-    const workloads = await runWorkload(merged, t0);
-    const end = now() - t0;
-    const egress = egressSince(reg, off, e0);
-    return { variant: 'full', round, fetched_s: fetched, ready_s: ready, overlay_s: ov, first_byte_s: fb, end_s: end, workloads, egress };
+    const c = await runContainer(root, upper, merged, t0);
+    return { variant: 'full', round, fetched_s: fetched, ready_s: ready, ...c, egress: egressSince(reg.logFile, off, e0) };
   } finally {
     await umountIf(merged);
     await umountIf(upper);
@@ -624,20 +360,15 @@ async function nydusMount(reg: Registry, work: string, ref: string, round: numbe
     const daemonStart = now() - d0;
     dropCaches();
     await warmTools();
-    const off = logSize(reg);
+    const off = logOffset(reg.logFile);
     const t0 = now();
     const e0 = Date.now();
     // --work-dir: where the bootstrap is fetched to (a fresh one: nothing is reused)
     await must(process.execPath, [CLI, 'mount', '--image', ref, '--insecure', '--apisock', daemon.sock, '--fscache', cacheDir, '--work-dir', path.join(dir, 'work'), '-J', mountJson, ...mountArgs, mnt], { env });
     mounted = true;
     const ready = now() - t0;
-    await overlay(mnt, upper, merged);
-    const ov = now() - t0;
-    firstByte(merged, 'bin/bash');
-    const fb = now() - t0;
-    const workloads = await runWorkload(merged, t0);
-    const end = now() - t0;
-    const egress = egressSince(reg, off, e0);
+    const { overlay_s: ov, first_byte_s: fb, end_s: end, workloads } = await runContainer(mnt, upper, merged, t0);
+    const egress = egressSince(reg.logFile, off, e0);
     const m = (await daemon.api.metrics()) as { blobs: Array<Record<string, unknown>> };
     const blobs = m.blobs ?? [];
     const backend = blobs.reduce((n, b) => n + Number(b.backend_bytes ?? 0), 0);
@@ -695,20 +426,15 @@ function readFrontend(m: unknown): { reads_failed: number } | null {
 // ---------------------------------------------------------------------------------------------
 // Main
 
-const fmtS = (s: number): string => (Number.isFinite(s) ? `${s.toFixed(2)} s` : '–');
-const fmtMiB = (b: number): string => (Number.isFinite(b) ? `${(b / MiB).toFixed(1)} MiB` : '–');
-
 async function main(): Promise<void> {
-  const a = parseArgs(process.argv.slice(2));
+  const a = parse(process.argv.slice(2));
   dropEnabled = a.dropCaches;
   daemonEnv = a.daemonEnv;
   const base = a.workDir ?? process.env.NYDUS_VM_CACHE_DIR;
-  if (process.getuid?.() !== 0) fail('must run as root (chroot, mount, drop_caches)');
-  if (!base) fail('no work directory: run inside the test VM ($NYDUS_VM_CACHE_DIR) or pass --work-dir');
-  if (a.variants.includes('nydus') && !fs.existsSync('/dev/cachefiles')) fail('/dev/cachefiles is missing: the nydus variant needs the test VM (bench/pull-bench-host.ts)');
-  for (const c of ['docker-registry', 'skopeo', 'tar', 'gzip', 'chroot']) {
-    if (spawnSync('sh', ['-c', `command -v ${c}`]).status !== 0) fail(`${c} is not installed (scripts/setup.sh installs it)`);
-  }
+  requireRoot('chroot, mount, drop_caches');
+  if (!base) throw new UsageError('no work directory: run inside the test VM ($NYDUS_VM_CACHE_DIR) or pass --work-dir');
+  if (a.variants.includes('nydus') && !fs.existsSync('/dev/cachefiles')) throw new UsageError('/dev/cachefiles is missing: the nydus variant needs the test VM (bench/pull-bench-host.ts)');
+  requireCommands([['docker-registry', 'docker-registry'], ['skopeo', 'skopeo'], ['tar', 'tar'], ['gzip', 'gzip'], ['chroot', 'coreutils']]);
   const work = fs.mkdtempSync(path.join(base, 'pull-bench-'));
   let reg: Registry | undefined;
   const setup: Record<string, number> = {};
@@ -739,12 +465,11 @@ async function main(): Promise<void> {
     let info: LayoutInfo;
     if (a.ociLayout) {
       await must('cp', ['-a', a.ociLayout, layout]);
-      info = JSON.parse(fs.readFileSync(path.join(layout, 'pull-bench-layout.json'), 'utf8')) as LayoutInfo;
-      info.dir = layout;
+      info = readLayout(layout);
       setup.layout_copy_s = now() - t;
       log(`OCI layout copied to the scratch disk in ${fmtS(setup.layout_copy_s)}: ${info.layers.length} gzip layer(s), ${fmtMiB(info.layers.reduce((n, l) => n + l.size, 0))} (${fmtMiB(info.layers.reduce((n, l) => n + l.uncompressed, 0))} of tar)`);
     } else {
-      info = await buildRootfsLayout(a.rootfsTar!, layout, { layers: a.layers, slim: a.slim, log });
+      info = await buildRootfsLayout(a.rootfsTar!, layout, { layers: Number(a.layers), slim: a.slim, log });
       setup.layout_build_s = now() - t;
       log(`OCI layout built in ${fmtS(setup.layout_build_s)}: ${info.layers.length} gzip layer(s), ${fmtMiB(info.layers.reduce((n, l) => n + l.size, 0))}`);
     }
@@ -911,9 +636,4 @@ async function main(): Promise<void> {
   }
 }
 
-if (require.main === module) {
-  main().catch((e) => {
-    process.stderr.write(`pull-bench: error: ${(e as Error).stack ?? e}\n`);
-    process.exitCode = 1;
-  });
-}
+if (require.main === module) benchMain('pull-bench', main);

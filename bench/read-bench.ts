@@ -39,231 +39,67 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as crypto from 'node:crypto';
-import { spawn, spawnSync, execFile, ChildProcess } from 'node:child_process';
-import { promisify } from 'node:util';
+import { spawn, ChildProcess } from 'node:child_process';
 import { DaemonApiClient } from '../src/daemon/api-client';
+import { writeMixedFile } from './lib/data';
+import { perfReport, startPerf, stopPerf, summariseProfile } from './lib/profile';
+import { benchMain, CLI, dropCaches, isMounted, logger, median, MiB, must, Opt, opt, usageText, parseArgs, UsageError } from './lib/harness';
 
-const execFileP = promisify(execFile);
-const REPO = path.resolve(__dirname, '..', '..');
-const CLI = path.join(REPO, 'dist', 'src', 'cli', 'main.js');
-const MiB = 1 << 20;
+const log = logger('read-bench');
 
-interface Args {
-  sizeMiB: number;
-  rounds: number;
-  storage: 'disk' | 'tmpfs';
-  chunkSize?: string;
-  compressor?: string;
-  digester?: string;
-  amplify?: number;
-  threads?: number;
-  outputJson?: string;
-  cpuProf?: string;
-  keep: boolean;
-  daemonNodeArgs: string[];
-  daemonEnv: Record<string, string>;
-  variants: Array<{ name: string; env: Record<string, string> }>;
-  perf?: string;
-}
-
-const USAGE = `usage: node dist/bench/read-bench.js [options]     (inside the test VM, as root)
-
-  --size-mib N          size of the benchmark file (default 64)
-  --rounds N            measured rounds; medians are reported (default 3)
-  --storage disk|tmpfs  where the blob and the native image live (default disk: the ext4
-                        scratch disk, like the cache)
-  --chunk-size HEX      nydus-ts create --chunk-size (default: its default, 1 MiB)
-  --compressor NAME     nydus-ts create --compressor (default zstd)
-  --digester NAME       nydus-ts create --digester (default blake3)
-  --amplify BYTES       the registration's amplification window (config rafs.batch_size;
-                        default: the daemon's, 1 MiB)
-  --threads N           daemon --fscache-threads (default: its own)
-  --daemon-env K=V      extra environment for the daemon (repeatable)
-  --daemon-node-arg A   extra node option for the daemon (repeatable)
-  --variant NAME[:K=V,…]  measure a daemon with this extra environment (repeatable; default one
-                        variant "nydus-ts" without extra environment). Each round runs every
-                        variant with a fresh daemon, interleaved, for before/after comparisons.
-                        Tuning knobs of the blob session: NYDUS_TS_DECODE=inline|pool|auto,
-                        NYDUS_TS_READAHEAD=BYTES, NYDUS_TS_WRITE_BATCH=BYTES; and
-                        NYDUS_TS_BENCH_CLI=PATH runs another build's CLI (main.js) as the daemon
-  --cpu-prof DIR        run the daemon under node --cpu-prof (profiles in DIR[/VARIANT]) and
-                        print the hottest functions of a serving process
-  --perf DIR            record the whole guest with perf (cpu-clock, all CPUs) during each
-                        variant's first cold read; prints the top symbols (the daemon runs
-                        with --perf-basic-prof so JIT frames are named); perf.data in DIR
-  --output-json FILE    machine-readable results
-  --keep                keep the work directory
-  -h, --help
-`;
-
-function fail(msg: string): never {
-  process.stderr.write(`read-bench: ${msg}\n\n${USAGE}`);
-  process.exit(2);
-}
-
-function log(msg: string): void {
-  process.stderr.write(`read-bench: ${msg}\n`);
-}
-
-function parseArgs(argv: string[]): Args {
-  const a: Args = { sizeMiB: 64, rounds: 3, storage: 'disk', keep: false, daemonNodeArgs: [], daemonEnv: {}, variants: [] };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) fail(`${k} needs a value`);
-      return v;
-    };
-    switch (k) {
-      case '-h':
-      case '--help':
-        process.stdout.write(USAGE);
-        process.exit(0);
-      // eslint-disable-next-line no-fallthrough
-      case '--size-mib': a.sizeMiB = Number(val()); break;
-      case '--rounds': a.rounds = Number(val()); break;
-      case '--storage': a.storage = val() as Args['storage']; break;
-      case '--chunk-size': a.chunkSize = val(); break;
-      case '--compressor': a.compressor = val(); break;
-      case '--digester': a.digester = val(); break;
-      case '--amplify': a.amplify = Number(val()); break;
-      case '--threads': a.threads = Number(val()); break;
-      case '--daemon-env': {
-        const v = val();
-        const eq = v.indexOf('=');
-        if (eq <= 0) fail('--daemon-env needs K=V');
-        a.daemonEnv[v.slice(0, eq)] = v.slice(eq + 1);
-        break;
-      }
-      case '--daemon-node-arg': a.daemonNodeArgs.push(val()); break;
-      case '--variant': {
-        // NAME[:K=V[,K=V…]]
-        const v = val();
-        const colon = v.indexOf(':');
-        const name = colon < 0 ? v : v.slice(0, colon);
-        const env: Record<string, string> = {};
-        for (const kv of (colon < 0 ? '' : v.slice(colon + 1)).split(',').filter(Boolean)) {
-          const eq = kv.indexOf('=');
-          if (eq <= 0) fail(`--variant ${v}: expected NAME[:K=V,…]`);
-          env[kv.slice(0, eq)] = kv.slice(eq + 1);
-        }
-        if (!/^[A-Za-z0-9._-]+$/.test(name)) fail(`--variant ${v}: the name must be [A-Za-z0-9._-]+`);
-        a.variants.push({ name, env });
-        break;
-      }
-      case '--cpu-prof': a.cpuProf = path.resolve(val()); break;
-      case '--perf': a.perf = path.resolve(val()); break;
-      case '--output-json': a.outputJson = path.resolve(val()); break;
-      case '--keep': a.keep = true; break;
-      default:
-        fail(`unknown argument ${k}`);
+/** --variant NAME[:K=V,…], repeatable */
+const variantOpt: Opt<Array<{ name: string; env: Record<string, string> }>> = {
+  flag: '--variant', metavar: 'NAME[:K=V,…]',
+  help: 'measure a daemon with this extra environment (repeatable; default one variant "nydus-ts" without extra environment). Each round runs every variant with a fresh daemon, interleaved, for before/after comparisons. ' +
+    'Tuning knobs of the blob session: NYDUS_TS_DECODE=inline|pool|auto, NYDUS_TS_READAHEAD=BYTES, NYDUS_TS_WRITE_BATCH=BYTES; and NYDUS_TS_BENCH_CLI=PATH runs another build\'s CLI (main.js) as the daemon',
+  init: () => [],
+  take: (cur, next) => {
+    const v = next();
+    const colon = v.indexOf(':');
+    const name = colon < 0 ? v : v.slice(0, colon);
+    const env: Record<string, string> = {};
+    for (const kv of (colon < 0 ? '' : v.slice(colon + 1)).split(',').filter(Boolean)) {
+      const eq = kv.indexOf('=');
+      if (eq <= 0) throw new UsageError(`--variant ${v}: expected NAME[:K=V,…]`);
+      env[kv.slice(0, eq)] = kv.slice(eq + 1);
     }
-  }
-  if (!(a.sizeMiB > 0)) fail('--size-mib must be positive');
-  if (!Number.isInteger(a.rounds) || a.rounds < 1) fail('--rounds must be a positive integer');
-  if (a.storage !== 'disk' && a.storage !== 'tmpfs') fail('--storage must be disk or tmpfs');
-  if (a.amplify !== undefined && !(Number.isInteger(a.amplify) && a.amplify > 0)) fail('--amplify must be a positive number of bytes');
-  if (a.threads !== undefined && !(Number.isInteger(a.threads) && a.threads >= 1)) fail('--threads must be a positive integer');
-  return a;
-}
+    if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new UsageError(`--variant ${v}: the name must be [A-Za-z0-9._-]+`);
+    return [...cur, { name, env }];
+  },
+};
 
-// ---------------------------------------------------------------------------------------------
-// Data
+const SPEC = {
+  sizeMiB: opt.int('--size-mib', 64, 'size of the benchmark file'),
+  rounds: opt.int('--rounds', 3, 'measured rounds; medians are reported'),
+  storage: opt.choice('--storage', ['disk', 'tmpfs'] as const, 'disk', 'where the blob and the native image live (disk: the ext4 scratch disk, like the cache)'),
+  chunkSize: opt.str('--chunk-size', 'nydus-ts create --chunk-size (default: its default, 1 MiB)', 'HEX'),
+  compressor: opt.str('--compressor', 'nydus-ts create --compressor (default zstd)', 'NAME'),
+  digester: opt.str('--digester', 'nydus-ts create --digester (default blake3)', 'NAME'),
+  amplify: opt.optInt('--amplify', "the registration's amplification window (config rafs.batch_size; default: the daemon's, 1 MiB)", { metavar: 'BYTES' }),
+  threads: opt.optInt('--threads', 'daemon --fscache-threads (default: its own)'),
+  daemonEnv: opt.env('--daemon-env', 'extra environment for the daemon'),
+  daemonNodeArgs: opt.repeat('--daemon-node-arg', 'extra node option for the daemon'),
+  variants: variantOpt,
+  cpuProf: opt.path('--cpu-prof', 'run the daemon under node --cpu-prof (profiles in DIR[/VARIANT]) and print the hottest functions of a serving process', 'DIR'),
+  perf: opt.path('--perf', "record the whole guest with perf (cpu-clock, all CPUs) during each variant's first cold read; prints the top symbols (the daemon runs with --perf-basic-prof so JIT frames are named); perf.data in DIR", 'DIR'),
+  outputJson: opt.path('--output-json', 'machine-readable results'),
+  keep: opt.flag('--keep', 'keep the work directory'),
+};
 
-/** xorshift32: deterministic, cheap pseudo-random bytes. */
-class Rng {
-  private a: number;
-  constructor(seed: number) {
-    this.a = seed >>> 0 || 1;
-  }
-  /** 32-bit xorshift */
-  next(): number {
-    let x = this.a;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.a = x >>> 0;
-    return this.a;
-  }
-  fill(buf: Buffer): void {
-    let i = 0;
-    for (; i + 4 <= buf.length; i += 4) buf.writeUInt32LE(this.next(), i);
-    for (; i < buf.length; i++) buf[i] = this.next() & 0xff;
-  }
-}
+export const USAGE = usageText('usage: node dist/bench/read-bench.js [options]     (inside the test VM, as root)', SPEC);
 
-const WORDS = ('the of and to in is was that for on with as by at from this be are or it an which have not has but were ' +
-  'image chunk blob layer cache kernel daemon read write fetch verify digest compress erofs fscache nydus rafs bootstrap ' +
-  'container registry lazy mount object cookie volume request complete sequential random window amplify').split(' ');
-const WORD_BUFS = WORDS.map((w) => Buffer.from(w + ' ', 'latin1'));
-
-/** Mixed data: runs of 256 KiB – 2 MiB, each random (incompressible) or word text (zstd ≈ 3–4×). */
-function writeMixedFile(file: string, size: number, seed = 1): { sha256: string; randomBytes: number; textBytes: number } {
-  const rng = new Rng(seed);
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'w');
-  let done = 0;
-  let randomBytes = 0;
-  let textBytes = 0;
-  try {
-    while (done < size) {
-      const run = Math.min(size - done, (256 << 10) + (rng.next() % (7 * 256)) * 1024);
-      const buf = Buffer.allocUnsafe(run);
-      if (rng.next() & 1) {
-        rng.fill(buf);
-        randomBytes += run;
-      } else {
-        let o = 0;
-        while (o < run) {
-          const x = rng.next();
-          const w = WORD_BUFS[x % WORD_BUFS.length];
-          o += w.copy(buf, o);
-          // a number now and then, and line breaks, so it is text-like but not too repetitive
-          if ((x >>> 8) % 5 === 0 && o + 6 <= run) o += buf.write(String((x >>> 12) % 100000), o, 'latin1');
-          if ((x >>> 20) % 12 === 0 && o < run) buf[o++] = 10;
-        }
-        textBytes += run;
-      }
-      h.update(buf);
-      fs.writeSync(fd, buf, 0, run, null);
-      done += run;
-    }
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  return { sha256: h.digest('hex'), randomBytes, textBytes };
-}
+type Args = ReturnType<typeof parseArgs<typeof SPEC>>;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
 async function cli(args: string[], env: Record<string, string> = {}): Promise<string> {
-  try {
-    const r = await execFileP(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, maxBuffer: 64 << 20 });
-    return r.stdout + r.stderr;
-  } catch (e) {
-    const err = e as { stderr?: string; stdout?: string; message: string };
-    throw new Error(`nydus-ts ${args.join(' ')} failed: ${err.stderr ?? ''}${err.stdout ?? ''}${err.message}`);
-  }
+  const r = await must(process.execPath, [CLI, ...args], { env: { ...process.env, ...env } });
+  return r.stdout + r.stderr;
 }
 
 async function sh(cmd: string, args: string[]): Promise<void> {
-  try {
-    await execFileP(cmd, args, { maxBuffer: 16 << 20 });
-  } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    throw new Error(`${cmd} ${args.join(' ')} failed: ${err.stderr?.trim() || err.message}`);
-  }
-}
-
-function dropCaches(): void {
-  spawnSync('sync');
-  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
-}
-
-function isMounted(mnt: string): boolean {
-  return fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === mnt);
+  await must(cmd, args);
 }
 
 /** Aggregate guest CPU time (/proc/stat, USER_HZ ticks): user, nice, system, idle, iowait, irq, softirq. */
@@ -326,12 +162,6 @@ function sha256File(file: string): string {
   }
   return h.digest('hex');
 }
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 
 function percentile(sorted: number[], p: number): number {
   if (!sorted.length) return NaN;
@@ -425,57 +255,6 @@ function latencyOf(blob: Record<string, any>): LatencySummary | null {
 }
 
 // ---------------------------------------------------------------------------------------------
-// perf (whole guest)
-
-async function startPerf(file: string): Promise<ChildProcess> {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const p = spawn('perf', ['record', '-a', '-e', 'cpu-clock', '-F', '499', '-o', file], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  p.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  p.on('error', (e) => log(`perf: ${e.message}`));
-  await new Promise((r) => setTimeout(r, 1500)); // let it start sampling
-  if (p.exitCode !== null) log(`perf record exited early: ${err.trim()}`);
-  return p;
-}
-
-async function stopPerf(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null) return;
-  const done = new Promise((r) => p.once('exit', r));
-  p.kill('SIGINT');
-  await Promise.race([done, new Promise((r) => setTimeout(r, 30_000))]);
-}
-
-function perfReport(file: string, lines = 45): string {
-  const r = spawnSync('perf', ['report', '-i', file, '--stdio', '--sort', 'comm,dso,sym', '--percent-limit', '0.7'], { encoding: 'utf8', maxBuffer: 64 << 20 });
-  if (r.status !== 0) return `perf report failed: ${r.stderr}`;
-  return r.stdout.split('\n').filter((l) => l.trim() && !l.startsWith('#')).slice(0, lines).join('\n');
-}
-
-// ---------------------------------------------------------------------------------------------
-// CPU profile summary
-
-interface ProfNode { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; children?: number[] }
-interface Profile { nodes: ProfNode[]; samples: number[]; timeDeltas: number[]; startTime: number; endTime: number }
-
-function summariseProfile(file: string, top = 25): { file: string; total_ms: number; functions: Array<{ name: string; self_ms: number; pct: number }> } {
-  const p = JSON.parse(fs.readFileSync(file, 'utf8')) as Profile;
-  const byId = new Map(p.nodes.map((n) => [n.id, n]));
-  const self = new Map<number, number>();
-  for (let i = 0; i < p.samples.length; i++) self.set(p.samples[i], (self.get(p.samples[i]) ?? 0) + (p.timeDeltas[i] ?? 0));
-  const byName = new Map<string, number>();
-  let total = 0;
-  for (const [id, us] of self) {
-    const n = byId.get(id)!;
-    const url = n.callFrame.url.replace(/^file:\/\//, '').replace(REPO + '/', '');
-    const name = `${n.callFrame.functionName || '(anonymous)'} ${url ? `${url}:${n.callFrame.lineNumber + 1}` : ''}`.trim();
-    byName.set(name, (byName.get(name) ?? 0) + us);
-    total += us;
-  }
-  const fns = [...byName].sort((x, y) => y[1] - x[1]).slice(0, top).map(([name, us]) => ({ name, self_ms: us / 1000, pct: (100 * us) / total }));
-  return { file, total_ms: total / 1000, functions: fns };
-}
-
-// ---------------------------------------------------------------------------------------------
 // Main
 
 interface NativeRound {
@@ -507,10 +286,10 @@ interface Variant {
 }
 
 async function main(): Promise<void> {
-  const a = parseArgs(process.argv.slice(2));
+  const a = parseArgs(process.argv.slice(2), SPEC, { usage: USAGE });
   const disk = process.env.NYDUS_VM_CACHE_DIR;
   if (!disk || !fs.existsSync('/dev/cachefiles') || process.getuid?.() !== 0) {
-    fail('must run as root inside the test VM (/dev/cachefiles and $NYDUS_VM_CACHE_DIR); use bench/read-bench-host.ts or scripts/bench-read.sh');
+    throw new UsageError('must run as root inside the test VM (/dev/cachefiles and $NYDUS_VM_CACHE_DIR); use bench/read-bench-host.ts or scripts/bench-read.sh');
   }
   const size = Math.round(a.sizeMiB * MiB);
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'read-bench-'));
@@ -734,7 +513,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((e) => {
-  process.stderr.write(`read-bench: error: ${(e as Error).stack ?? e}\n`);
-  process.exitCode = 1;
-});
+if (require.main === module) benchMain('read-bench', main);

@@ -32,255 +32,57 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as crypto from 'node:crypto';
-import * as http from 'node:http';
-import { spawn, spawnSync, ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { exportBlobData } from '../src/tools/export';
+import {
+  benchMain, CLI, dropCaches, isMounted, logger, MiB, mountsUnder, onCleanup, opt, usageText, otherLoad, parseArgs, REPO, requireRoot, sh, unmountAll, UsageError, writeJson,
+} from './lib/harness';
+import { children, runReaders, secondsOf } from './lib/readers';
+import { expectedPiecesSha, writeRandomFile } from './lib/data';
+import { buildNaive, naives, naiveStats, startNaive, stopNaive } from './lib/naive-fanotify';
+import { OurBlobMetrics, ourCli, ourDaemons, Ours, ourStatus, startOurs, stopOurs, tail } from './lib/fanotify-daemon';
+import { ALL_VARIANTS, CaseResult, firstLine, num, report as readHostReport, RoundResult, VariantName } from './lib/read-host-report';
 
-const REPO = path.resolve(__dirname, '..', '..');
-const CLI = path.join(REPO, 'dist', 'src', 'cli', 'main.js');
-/** the CLI whose daemon, mount, umount and status are measured (another build's, for before/after) */
-const OUR_CLI = process.env.NYDUS_TS_BENCH_CLI ? path.resolve(process.env.NYDUS_TS_BENCH_CLI) : CLI;
-const C_SOURCE = path.join(REPO, 'bench', 'naive-fanotify.c');
-const MiB = 1 << 20;
+const log = logger('read-host-bench');
 
-const ALL_VARIANTS = ['native', 'naive-c', 'nydus-ts'] as const;
-type VariantName = (typeof ALL_VARIANTS)[number];
-const LABEL: Record<VariantName, string> = {
-  native: 'native file-backed EROFS',
-  'naive-c': 'naive C fanotify daemon',
-  'nydus-ts': 'nydus-ts fanotify daemon',
+const SPEC = {
+  rounds: opt.int('--rounds', 3, 'rounds; medians are reported'),
+  sizeMiB: opt.int('--size', 256, 'size of the file, MiB', { metavar: 'MiB' }),
+  json: opt.path('--json', 'also write the results as JSON'),
+  variants: opt.list('--variants', ALL_VARIANTS, 'a subset of native,naive-c,nydus-ts', ALL_VARIANTS),
+  readers: opt.int('--readers', 16, 'parallel readers'),
+  readerMiB: opt.int('--reader-mib', 4, 'MiB each parallel reader reads'),
+  pieceKiB: opt.int('--piece-kib', 128, 'size of each random piece, KiB'),
+  timeoutS: opt.int('--timeout', 600, 'seconds any one read may take before the run fails', { metavar: 'S' }),
+  workDir: opt.path('--work-dir', 'where to make the work directory (must be ext4/xfs/btrfs; default the system temp dir if it is one of those, else .cache/bench)', 'DIR'),
+  sources: opt.choice('--sources', ['hot', 'cold'] as const, 'hot', "hot: after dropping the page cache, read the daemons' sources (naive-c's uncompressed blob, nydus-ts' compressed blob) back in, so cold cases measure the front end and daemon rather than this VM's disk; cold: they come from the disk too"),
+  prime: opt.off('--no-prime', "do not read each case's files once before dropping the page cache (by default they are, so that the host's cache of the VM disk holds every variant's files alike; see coldStart in the source)"),
+  waitQuiet: opt.int('--wait-quiet', 0, 'before each round, wait up to S seconds for other processes to leave the CPUs idle (0: only measure and report it)', { metavar: 'S', min: 0 }),
+  keep: opt.flag('--keep', 'keep the work directory'),
 };
 
-interface Args {
-  rounds: number;
-  sizeMiB: number;
-  json?: string;
-  variants: VariantName[];
-  readers: number;
-  readerMiB: number;
-  pieceKiB: number;
-  timeoutS: number;
-  workDir?: string;
-  keep: boolean;
-  prime: boolean;
-  sources: 'hot' | 'cold';
-  waitQuiet: number;
-}
-
-const USAGE = `usage: node dist/bench/read-host-bench.js [options]        (as root, kernel >= 6.14)
+const USAGE = usageText(`usage: node dist/bench/read-host-bench.js [options]        (as root, kernel >= 6.14)
        npm run bench:read -- [options]
 
 Reads one file of random data through native file-backed EROFS, a naive C fanotify daemon and
 nydus-ts' fanotify front end: cold, warm, after remount, and parallel random readers; prints
-MiB/s and the ratios of the issue's goals.
-
-  --rounds N          rounds; medians are reported (default 3)
-  --size MiB          size of the file (default 256)
-  --json FILE         also write the results as JSON
-  --variants LIST     comma-separated subset of native,naive-c,nydus-ts (default all)
-  --readers N         parallel readers (default 16)
-  --reader-mib N      MiB each parallel reader reads (default 4)
-  --piece-kib N       size of each random piece, KiB (default 128)
-  --timeout S         seconds any one read may take before the run fails (default 600)
-  --work-dir DIR      where to make the work directory (must be ext4/xfs/btrfs; default the
-                      system temp dir if it is one of those, else .cache/bench)
-  --sources hot|cold  hot (default): after dropping the page cache, read the daemons' sources
-                      (naive-c's uncompressed blob, nydus-ts' compressed blob) back in, so cold
-                      cases measure the front end and daemon rather than this VM's disk; cold:
-                      they come from the disk too
-  --no-prime          do not read each case's files once before dropping the page cache (by
-                      default they are, so that the host's cache of the VM disk holds every
-                      variant's files alike; see coldStart in the source)
-  --wait-quiet S      before each round, wait up to S seconds for other processes to leave the
-                      CPUs idle (default 0: only measure and report it)
-  --keep              keep the work directory
-  -h, --help
-
-Environment: NYDUS_TS_BENCH_CLI=PATH measures another build's CLI (its main.js) as nydus-ts;
+MiB/s and the ratios of the issue's goals.`, SPEC, `Environment: NYDUS_TS_BENCH_CLI=PATH measures another build's CLI (its main.js) as nydus-ts;
 NYDUS_TS_CACHE: where bench/naive-fanotify.c is compiled to (default .cache; the binary goes
-to its bench/ subdirectory).
-`;
+to its bench/ subdirectory).`);
 
-function fail(msg: string): never {
-  process.stderr.write(`read-host-bench: ${msg}\n\n${USAGE}`);
-  process.exit(2);
-}
+type Args = ReturnType<typeof parseArgs<typeof SPEC>>;
 
-function log(msg: string): void {
-  process.stderr.write(`read-host-bench: ${msg}\n`);
-}
-
-function parseArgs(argv: string[]): Args {
-  const a: Args = { rounds: 3, sizeMiB: 256, variants: [...ALL_VARIANTS], readers: 16, readerMiB: 4, pieceKiB: 128, timeoutS: 600, keep: false, prime: true, sources: 'hot', waitQuiet: 0 };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) fail(`${k} needs a value`);
-      return v;
-    };
-    const int = (): number => {
-      const v = val();
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1) fail(`${k}: expected a positive integer, got ${v}`);
-      return n;
-    };
-    switch (k) {
-      case '-h':
-      case '--help':
-        process.stdout.write(USAGE);
-        process.exit(0);
-      // eslint-disable-next-line no-fallthrough
-      case '--rounds': a.rounds = int(); break;
-      case '--size': a.sizeMiB = int(); break;
-      case '--json': a.json = path.resolve(val()); break;
-      case '--variants': {
-        const vs = val().split(',').filter(Boolean);
-        for (const v of vs) if (!(ALL_VARIANTS as readonly string[]).includes(v)) fail(`--variants: unknown variant ${v} (known: ${ALL_VARIANTS.join(', ')})`);
-        a.variants = ALL_VARIANTS.filter((v) => vs.includes(v));
-        break;
-      }
-      case '--readers': a.readers = int(); break;
-      case '--reader-mib': a.readerMiB = int(); break;
-      case '--piece-kib': a.pieceKiB = int(); break;
-      case '--timeout': a.timeoutS = int(); break;
-      case '--work-dir': a.workDir = path.resolve(val()); break;
-      case '--keep': a.keep = true; break;
-      case '--no-prime': a.prime = false; break;
-      case '--wait-quiet': a.waitQuiet = int(); break;
-      case '--sources': {
-        const v = val();
-        if (v !== 'hot' && v !== 'cold') fail('--sources must be hot or cold');
-        a.sources = v;
-        break;
-      }
-      default:
-        fail(`unknown argument ${k}`);
-    }
-  }
-  if (a.pieceKiB % 4 !== 0) fail('--piece-kib must be a multiple of 4');
-  if (a.readerMiB * 1024 < a.pieceKiB) fail('--reader-mib must hold at least one piece');
-  if (a.pieceKiB * 1024 > a.sizeMiB * MiB) fail('--piece-kib is larger than the file');
+function parse(argv: string[]): Args {
+  const a = parseArgs(argv, SPEC, { usage: USAGE });
+  a.variants = ALL_VARIANTS.filter((v) => a.variants.includes(v));
+  if (a.pieceKiB % 4 !== 0) throw new UsageError('--piece-kib must be a multiple of 4');
+  if (a.readerMiB * 1024 < a.pieceKiB) throw new UsageError('--reader-mib must hold at least one piece');
+  if (a.pieceKiB * 1024 > a.sizeMiB * MiB) throw new UsageError('--piece-kib is larger than the file');
   return a;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reader child processes: every read through a mount happens in one, so that a daemon that never
-// answers an event costs a timeout, not a hung benchmark (a blocked reader is killable).
-
-type ChildJob =
-  | { mode: 'seq'; file: string }
-  | { mode: 'sha256'; file: string }
-  | { mode: 'pieces'; file: string; piece: number; offsets: number[] };
-
-interface ChildResult {
-  bytes: number;
-  /** CLOCK_MONOTONIC ns around the read loop, as decimal strings */
-  t0: string;
-  t1: string;
-  sha256?: string;
-}
-
-/** Child side: open, say "ready", wait for a line on stdin, read, print one JSON result. */
-function childMain(job: ChildJob): void {
-  const fd = fs.openSync(job.file, 'r');
-  const buf = Buffer.allocUnsafe(job.mode === 'pieces' ? job.piece * job.offsets.length : MiB);
-  process.stdout.write('ready\n');
-  process.stdin.once('data', () => {
-    const h = job.mode === 'seq' ? undefined : crypto.createHash('sha256');
-    let bytes = 0;
-    const t0 = process.hrtime.bigint();
-    if (job.mode === 'pieces') {
-      for (const [i, off] of job.offsets.entries()) {
-        let got = 0;
-        while (got < job.piece) {
-          const n = fs.readSync(fd, buf, i * job.piece + got, job.piece - got, off + got);
-          if (n === 0) throw new Error(`${job.file}: short read at ${off + got}`);
-          got += n;
-        }
-        bytes += got;
-      }
-    } else {
-      for (;;) {
-        const n = fs.readSync(fd, buf, 0, buf.length, null);
-        if (n === 0) break;
-        h?.update(buf.subarray(0, n));
-        bytes += n;
-      }
-    }
-    const t1 = process.hrtime.bigint();
-    // the pieces are hashed after the clock stops
-    if (job.mode === 'pieces') h!.update(buf.subarray(0, bytes));
-    fs.closeSync(fd);
-    const r: ChildResult = { bytes, t0: String(t0), t1: String(t1), sha256: h?.digest('hex') };
-    process.stdout.write(JSON.stringify(r) + '\n', () => process.exit(0));
-  });
-}
-
-const children = new Set<ChildProcess>();
-
-/** Run jobs in parallel child processes, released together; returns their results in order. */
-async function runReaders(jobs: ChildJob[], timeoutS: number): Promise<ChildResult[]> {
-  const procs = jobs.map((job) => {
-    const p = spawn(process.execPath, [__filename, '--child', JSON.stringify(job)], { stdio: ['pipe', 'pipe', 'pipe'] });
-    children.add(p);
-    let out = '';
-    let err = '';
-    p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    const ready = new Promise<void>((resolve, reject) => {
-      const check = (): void => {
-        if (out.startsWith('ready\n')) {
-          p.stdout!.off('data', check);
-          resolve();
-        }
-      };
-      p.stdout!.on('data', check);
-      p.once('exit', () => reject(new Error(`reader of ${job.file} exited before it was ready: ${err.trim()}`)));
-    });
-    const done = new Promise<ChildResult>((resolve, reject) => {
-      p.once('exit', (code, sig) => {
-        children.delete(p);
-        const line = out.split('\n').find((l) => l.startsWith('{'));
-        if (code === 0 && line) resolve(JSON.parse(line) as ChildResult);
-        else reject(new Error(`reader of ${job.file} failed (${sig ?? `exit ${code}`}): ${err.trim() || out.trim()}`));
-      });
-    });
-    return { p, ready, done };
-  });
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      for (const { p } of procs) p.kill('SIGKILL');
-      reject(new Error(`a read of ${jobs[0].file} took longer than ${timeoutS} s (a daemon that does not answer its events?)`));
-    }, timeoutS * 1000);
-  });
-  try {
-    await Promise.race([Promise.all(procs.map((x) => x.ready)), timeout]);
-    for (const { p } of procs) p.stdin!.write('go\n');
-    return await Promise.race([Promise.all(procs.map((x) => x.done)), timeout]);
-  } finally {
-    clearTimeout(timer);
-    for (const { p } of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-  }
-}
-
-const secondsOf = (r: ChildResult): number => Number(BigInt(r.t1) - BigInt(r.t0)) / 1e9;
-
-// ---------------------------------------------------------------------------------------------
 // Helpers
-
-function sh(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${(r.stderr || r.stdout || r.error?.message || `status ${r.status}`).trim()}`);
-  return r.stdout;
-}
-
-function dropCaches(): void {
-  spawnSync('sync');
-  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
-}
 
 /** Read files (and directory trees) through the page cache; mount points are skipped (a read
  * through a marked path would raise events). */
@@ -327,22 +129,6 @@ function coldStart(c: Ctx, backing: string[], sources: string[] = []): void {
   if (c.a.sources === 'hot') readAll(c, sources);
 }
 
-function mountsUnder(dir: string): string[] {
-  // /proc/self/mounts escapes spaces etc. as octal; our paths have none
-  return fs.readFileSync('/proc/self/mounts', 'utf8').split('\n')
-    .map((l) => l.split(' ')[1]).filter((m): m is string => !!m && (m === dir || m.startsWith(dir + '/')));
-}
-
-const isMounted = (mnt: string): boolean => mountsUnder(mnt).includes(mnt);
-
-/** Unmount everything at or under `dir`, deepest first (lazily if busy); false if some stayed. */
-function unmountAll(dir: string): boolean {
-  for (const m of mountsUnder(dir).sort((x, y) => y.length - x.length)) {
-    if (spawnSync('umount', [m]).status !== 0) spawnSync('umount', ['-l', m]);
-  }
-  return mountsUnder(dir).length === 0;
-}
-
 /**
  * After a daemon stopped (or died): nothing of its left mounted. Its store is deleted with the
  * work directory at the end, not now: / is ext4 mounted with `discard`, and the discards of a
@@ -360,53 +146,6 @@ function umount(mnt: string): void {
 
 /** statfs magic numbers of filesystems that allow pre-content marks (SB_I_ALLOW_HSM) */
 const HSM_FS: Record<number, string> = { 0xef53: 'ext4', 0x58465342: 'xfs', 0x9123683e: 'btrfs' };
-
-/** Busy CPU seconds of the whole machine so far (all but idle and iowait, from /proc/stat). */
-function machineBusy(): number {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  return (f.reduce((x, y) => x + y, 0) - f[3] - (f[4] ?? 0)) / 100; // USER_HZ
-}
-
-/**
- * How busy other processes keep the CPUs while this benchmark is idle (0–1, over 0.5 s), after
- * waiting up to `maxS` seconds for it to drop below 10 %. Shared machines run other jobs (a QEMU
- * test VM, builds); a busy machine slows the CPU-bound daemon cases most.
- */
-async function otherLoad(maxS: number): Promise<number> {
-  const start = Date.now();
-  for (;;) {
-    const b0 = machineBusy();
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    const load = (machineBusy() - b0) / 0.5 / os.cpus().length;
-    if (load < 0.1 || (Date.now() - start) / 1000 >= maxS) return load;
-  }
-}
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-
-/** Deterministic random bytes (AES-128-CTR keystream): incompressible, so zstd stores chunks raw. */
-function writeRandomFile(file: string, size: number): string {
-  const cipher = crypto.createCipheriv('aes-128-ctr', Buffer.alloc(16, 9), Buffer.alloc(16, 0));
-  const zeros = Buffer.alloc(4 * MiB);
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'w');
-  try {
-    for (let done = 0; done < size;) {
-      const n = Math.min(zeros.length, size - done);
-      const b = cipher.update(zeros.subarray(0, n));
-      h.update(b);
-      fs.writeSync(fd, b, 0, b.length, done);
-      done += b.length;
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
-}
 
 /** Offsets of parallel reader k in round r: --reader-mib MiB of random, piece-aligned pieces. */
 function readerOffsets(a: Args, size: number, round: number, k: number): number[] {
@@ -426,243 +165,8 @@ function readerOffsets(a: Args, size: number, round: number, k: number): number[
   return out;
 }
 
-function expectedPiecesSha(srcFile: string, piece: number, offsets: number[]): string {
-  const fd = fs.openSync(srcFile, 'r');
-  const h = crypto.createHash('sha256');
-  const b = Buffer.allocUnsafe(piece);
-  try {
-    for (const off of offsets) {
-      if (fs.readSync(fd, b, 0, piece, off) !== piece) throw new Error(`${srcFile}: short read at ${off}`);
-      h.update(b);
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
-}
-
-// ---------------------------------------------------------------------------------------------
-// naive-fanotify (C)
-
-/** Compile bench/naive-fanotify.c into .cache/bench unless the binary is newer than the source. */
-function buildNaive(): string {
-  const dir = path.join(process.env.NYDUS_TS_CACHE ?? path.join(REPO, '.cache'), 'bench');
-  const bin = path.join(dir, 'naive-fanotify');
-  fs.mkdirSync(dir, { recursive: true });
-  if (!fs.existsSync(bin) || fs.statSync(bin).mtimeMs < fs.statSync(C_SOURCE).mtimeMs) {
-    sh('gcc', ['-O2', '-Wall', '-o', bin + '.tmp', C_SOURCE]);
-    fs.renameSync(bin + '.tmp', bin);
-  }
-  return bin;
-}
-
-/** What naive-fanotify prints on SIGUSR1 (counters since the previous dump) and at exit. */
-interface NaiveStats {
-  kind: string;
-  events: number;
-  bytes: number;
-  reads: number;
-  max_batch: number;
-  denied: number;
-  overflows: number;
-  /** time inside the fills' pread(2) of the source and pwrite(2) into the cache file */
-  pread_ms: number;
-  pwrite_ms: number;
-  p50_us: number;
-  p99_us: number;
-  max_us: number;
-  sizes: Record<string, number>;
-}
-
-interface Naive {
-  proc: ChildProcess;
-  lines: string[];
-  waiters: Array<() => void>;
-  stderr: string;
-  exited: Promise<void>;
-}
-
-const naives = new Set<Naive>();
-
-async function nextLine(d: Naive, timeoutS: number, what: string): Promise<string> {
-  const t = Date.now();
-  while (!d.lines.length) {
-    if (d.proc.exitCode !== null || d.proc.signalCode !== null) throw new Error(`naive-fanotify exited (${d.proc.signalCode ?? d.proc.exitCode}) while waiting for ${what}: ${d.stderr.trim()}`);
-    if (Date.now() - t > timeoutS * 1000) throw new Error(`naive-fanotify: no ${what} within ${timeoutS} s: ${d.stderr.trim()}`);
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, 200);
-      d.waiters.push(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
-  }
-  return d.lines.shift()!;
-}
-
-async function startNaive(bin: string, boot: string, source: string, store: string, mnt: string): Promise<Naive> {
-  fs.mkdirSync(store, { recursive: true });
-  const proc = spawn(bin, ['--meta', boot, '--source', source, '--store', store, '--mnt', mnt, '--name', 'blob'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const d: Naive = { proc, lines: [], waiters: [], stderr: '', exited: new Promise((resolve) => proc.once('exit', () => resolve())) };
-  naives.add(d);
-  let buf = '';
-  const wake = (): void => {
-    for (const w of d.waiters.splice(0)) w();
-  };
-  proc.stdout!.on('data', (x: Buffer) => {
-    buf += x.toString();
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      d.lines.push(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-    wake();
-  });
-  proc.stderr!.on('data', (x: Buffer) => (d.stderr += x.toString()));
-  proc.once('exit', wake);
-  const first = await nextLine(d, 30, '"ready"');
-  if (first !== 'ready') throw new Error(`naive-fanotify: expected "ready", got ${first}`);
-  return d;
-}
-
-async function naiveStats(d: Naive): Promise<NaiveStats> {
-  d.proc.kill('SIGUSR1');
-  return JSON.parse(await nextLine(d, 30, 'its counters')) as NaiveStats;
-}
-
-/** SIGTERM: it unmounts the image and its bind mount, prints its totals and exits. */
-async function stopNaive(d: Naive): Promise<NaiveStats | undefined> {
-  if (d.proc.exitCode === null && d.proc.signalCode === null) {
-    d.proc.kill('SIGTERM');
-    const t = setTimeout(() => d.proc.kill('SIGKILL'), 30_000);
-    await d.exited;
-    clearTimeout(t);
-  }
-  naives.delete(d);
-  const total = d.lines.find((l) => l.includes('"kind":"total"'));
-  return total ? (JSON.parse(total) as NaiveStats) : undefined;
-}
-
-// ---------------------------------------------------------------------------------------------
-// nydus-ts daemon (fanotify front end)
-
-interface Ours {
-  proc: ChildProcess;
-  sock: string;
-  logFile: string;
-  exited: Promise<void>;
-}
-
-const ourDaemons = new Set<Ours>();
-
-function api(sock: string, method: string, p: string, timeoutMs = 10_000): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: sock, method, path: p, timeout: timeoutMs, headers: { 'content-length': 0 } }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('timeout', () => req.destroy(new Error(`${method} ${p}: timeout`)));
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-function tail(file: string, n = 30): string {
-  try {
-    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-n).map((l) => `    ${l}`).join('\n');
-  } catch {
-    return '    (no log)';
-  }
-}
-
-async function startOurs(cacheDir: string, work: string, tag: string): Promise<Ours> {
-  const sock = path.join(work, `api-${tag}.sock`);
-  const logFile = path.join(work, `daemon-${tag}.log`);
-  const outFile = path.join(work, `daemon-${tag}.out`);
-  fs.mkdirSync(cacheDir, { recursive: true });
-  const out = fs.openSync(outFile, 'a');
-  const proc = spawn(process.execPath, [OUR_CLI, 'daemon', '--frontend', 'fanotify', '--cache-dir', cacheDir, '--apisock', sock, '--log-file', logFile], { stdio: ['ignore', out, out] });
-  fs.closeSync(out);
-  const d: Ours = { proc, sock, logFile, exited: new Promise((resolve) => proc.once('exit', () => resolve())) };
-  ourDaemons.add(d);
-  const t = Date.now();
-  for (;;) {
-    if (proc.exitCode !== null || proc.signalCode !== null) {
-      throw new Error(`\`nydus-ts daemon --frontend fanotify\` exited (${proc.signalCode ?? `code ${proc.exitCode}`}) before it was RUNNING; the fanotify front end does not work (yet?).\n  its output:\n${tail(outFile)}`);
-    }
-    if (Date.now() - t > 60_000) throw new Error(`\`nydus-ts daemon --frontend fanotify\` is not RUNNING after 60 s.\n  its output:\n${tail(outFile)}`);
-    try {
-      const r = await api(sock, 'GET', '/api/v1/daemon', 2000);
-      if (r.status === 200 && (JSON.parse(r.body) as { state?: string }).state === 'RUNNING') return d;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
-async function stopOurs(d: Ours): Promise<void> {
-  if (d.proc.exitCode === null && d.proc.signalCode === null) {
-    await api(d.sock, 'PUT', '/api/v1/daemon/exit').catch(() => d.proc.kill('SIGTERM'));
-    const t1 = setTimeout(() => d.proc.kill('SIGTERM'), 15_000);
-    const t2 = setTimeout(() => d.proc.kill('SIGKILL'), 30_000);
-    await d.exited;
-    clearTimeout(t1);
-    clearTimeout(t2);
-  }
-  ourDaemons.delete(d);
-}
-
-function ourCli(args: string[], cli = OUR_CLI): string {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 120_000 });
-  if (r.status !== 0) throw new Error(`nydus-ts ${args.join(' ')} failed: ${(r.stderr || r.stdout || r.error?.message || `status ${r.status}`).trim()}`);
-  return r.stdout;
-}
-
-/** The per-blob metrics the fanotify front end reports in `status --json` (metrics.blobs[]). */
-interface OurBlobMetrics {
-  events?: number;
-  fast_path?: number;
-  slow_path?: number;
-  denials?: number;
-  event_latency?: { p50_ms?: number; p99_ms?: number; [k: string]: unknown };
-  backend_bytes?: number;
-  [k: string]: unknown;
-}
-
-/** `status --json` ({daemon, mounts, metrics: {blobs: [...]}}), reduced to our blob's entry. */
-function ourStatus(sock: string, blobId: string): OurBlobMetrics | null {
-  const j = JSON.parse(ourCli(['status', '-A', sock, '--json'])) as { metrics?: { blobs?: Array<OurBlobMetrics & { blob_id?: string }> } };
-  const blobs = j.metrics?.blobs ?? [];
-  return blobs.find((b) => b.blob_id === blobId) ?? blobs[0] ?? null;
-}
-
-const num = (x: unknown): number => (typeof x === 'number' ? x : NaN);
-
 // ---------------------------------------------------------------------------------------------
 // One round of one variant
-
-interface CaseResult {
-  seconds: number;
-  bytes: number;
-  /** naive-c: its own counters for the case; nydus-ts: the status delta */
-  events?: NaiveStats | Record<string, number>;
-  /** user + system CPU of the daemon's process tree during the timed read */
-  daemon_cpu_ms?: number;
-}
-
-interface RoundResult {
-  cold?: CaseResult;
-  warm?: CaseResult;
-  remount?: CaseResult;
-  parallel?: CaseResult;
-  /** nydus-ts: metrics after the cold read and after the parallel read */
-  metrics_cold?: OurBlobMetrics | null;
-  metrics_remount?: OurBlobMetrics | null;
-  metrics_parallel?: OurBlobMetrics | null;
-  remount_backend_bytes?: number;
-}
 
 interface Ctx {
   a: Args;
@@ -900,31 +404,18 @@ function pickWorkBase(a: Args): string {
     fs.mkdirSync(dir, { recursive: true });
     const type = Number(fs.statfsSync(dir).type);
     if (HSM_FS[type]) return dir;
-    if (a.workDir) fail(`--work-dir ${dir} is on a filesystem with statfs type 0x${type.toString(16)}; fanotify pre-content marks need ext4, xfs or btrfs`);
+    if (a.workDir) throw new UsageError(`--work-dir ${dir} is on a filesystem with statfs type 0x${type.toString(16)}; fanotify pre-content marks need ext4, xfs or btrfs`);
   }
-  fail(`neither ${candidates.join(' nor ')} is on ext4/xfs/btrfs; pass --work-dir`);
+  throw new UsageError(`neither ${candidates.join(' nor ')} is on ext4/xfs/btrfs; pass --work-dir`);
 }
 
-/** The line of an error that says what went wrong (a CLI's "error:" line beats a stack frame). */
-function firstLine(e: Error): string {
-  const lines = e.message.split('\n');
-  const err = lines.find((l, i) => i > 0 && /error:/i.test(l));
-  return err ? `${lines[0].slice(0, 160)}… ${err.trim()}` : lines[0];
-}
-
-async function main(): Promise<void> {
-  if (process.argv[2] === '--child') return childMain(JSON.parse(process.argv[3]) as ChildJob);
-  const a = parseArgs(process.argv.slice(2));
-  if (process.getuid?.() !== 0) fail('must run as root (mount(2), fanotify_init(FAN_CLASS_PRE_CONTENT), drop_caches)');
+async function main(): Promise<number> {
+  const a = parse(process.argv.slice(2));
+  requireRoot('mount(2), fanotify_init(FAN_CLASS_PRE_CONTENT), drop_caches');
   const work = fs.mkdtempSync(path.join(pickWorkBase(a), 'read-host-bench-'));
   let cleaning: Promise<void> | undefined;
   const clean = (): Promise<void> => (cleaning ??= cleanup(work, a.keep));
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.once(sig, () => {
-      log(`${sig}: cleaning up`);
-      void clean().finally(() => process.exit(130));
-    });
-  }
+  onCleanup('readers, daemons, mounts, work dir', clean);
   let oursError: Error | undefined;
   try {
     const size = a.sizeMiB * MiB;
@@ -981,115 +472,10 @@ async function main(): Promise<void> {
       }
     }
 
-    // 3. report
-    type CaseName = 'cold' | 'warm' | 'remount' | 'parallel';
-    const CASES: CaseName[] = ['cold', 'warm', 'remount', 'parallel'];
-    const summary: Record<string, Record<string, { mib_per_s: number; min: number; max: number }>> = {};
-    for (const v of a.variants) {
-      summary[v] = {};
-      for (const k of CASES) {
-        const xs = results[v].map((x) => x[k]).filter((x): x is CaseResult => !!x);
-        if (!xs.length) continue;
-        const rates = xs.map((x) => x.bytes / MiB / x.seconds);
-        summary[v][k] = { mib_per_s: median(rates), min: Math.min(...rates), max: Math.max(...rates) };
-      }
-    }
-    const rate = (v: VariantName, k: CaseName): number => summary[v]?.[k]?.mib_per_s ?? NaN;
-    const ratios = {
-      ours_cold_vs_naive_c_cold: { ratio: rate('nydus-ts', 'cold') / rate('naive-c', 'cold'), goal: '>= 0.5, aim 1.0' },
-      ours_warm_vs_native_warm: { ratio: rate('nydus-ts', 'warm') / rate('native', 'warm'), goal: '>= 0.95' },
-      ours_remount_vs_native_cold: { ratio: rate('nydus-ts', 'remount') / rate('native', 'cold'), goal: '>= 0.9' },
-      ours_parallel_vs_native_parallel: { ratio: rate('nydus-ts', 'parallel') / rate('native', 'parallel'), goal: '' },
-      naive_c_cold_vs_native_cold: { ratio: rate('naive-c', 'cold') / rate('native', 'cold'), goal: '(context)' },
-    };
-    const ourLat = results['nydus-ts'].map((x) => x.metrics_cold?.event_latency).filter((x): x is NonNullable<typeof x> => !!x);
-    const ourParLat = results['nydus-ts'].map((x) => x.metrics_parallel?.event_latency).filter((x): x is NonNullable<typeof x> => !!x);
-    const latency = {
-      nydus_ts_cold: ourLat.length ? { p50_ms: median(ourLat.map((l) => num(l.p50_ms))), p99_ms: median(ourLat.map((l) => num(l.p99_ms))) } : null,
-      nydus_ts_parallel: ourParLat.length ? { p50_ms: median(ourParLat.map((l) => num(l.p50_ms))), p99_ms: median(ourParLat.map((l) => num(l.p99_ms))) } : null,
-      naive_c_cold: results['naive-c'].length
-        ? { p50_ms: median(results['naive-c'].map((x) => (x.cold!.events as NaiveStats).p50_us / 1000)), p99_ms: median(results['naive-c'].map((x) => (x.cold!.events as NaiveStats).p99_us / 1000)) }
-        : null,
-    };
-
-    const L: string[] = [''];
-    L.push(`Host read benchmark (fanotify): ${a.sizeMiB} MiB file of random data; blob ${(blobBytes / MiB).toFixed(1)} MiB (zstd + blake3, 1 MiB chunks); ` +
-      `${a.rounds} round(s), medians (min–max); kernel ${os.release()}, ${os.cpus().length} CPU(s); parallel = ${a.readers} readers × ${a.readerMiB} MiB in random ${a.pieceKiB} KiB pieces, cold; ` +
-      `cold = page cache dropped${a.prime ? ' (files primed in the host cache)' : ' (not primed)'}, daemon sources ${a.sources === 'hot' ? 'in the page cache' : 'dropped too'}`);
-    L.push(`${'MiB/s: median (min–max)'.padEnd(34)}${'cold'.padStart(21)}${'warm'.padStart(21)}${'remount'.padStart(21)}${'parallel'.padStart(21)}`);
-    for (const v of a.variants) {
-      const cell = (k: CaseName): string => {
-        const s = summary[v][k];
-        return (s ? `${s.mib_per_s.toFixed(0)} (${s.min.toFixed(0)}–${s.max.toFixed(0)})` : '-').padStart(21);
-      };
-      L.push(`${LABEL[v].padEnd(34)}${CASES.map(cell).join('')}${v === 'nydus-ts' && oursError ? '   (failed)' : ''}`);
-    }
-    L.push('');
-    const f = (x: number): string => (Number.isFinite(x) ? x.toFixed(3) : 'n/a');
-    L.push(`ours cold / naive C cold           ${f(ratios.ours_cold_vs_naive_c_cold.ratio).padStart(8)}   goal ≥ 0.5 (verification on), aim 1.0`);
-    L.push(`ours warm / native warm            ${f(ratios.ours_warm_vs_native_warm.ratio).padStart(8)}   goal ≥ 0.95`);
-    L.push(`ours remount / native cold         ${f(ratios.ours_remount_vs_native_cold.ratio).padStart(8)}   goal ≥ 0.9`);
-    L.push(`ours parallel / native parallel    ${f(ratios.ours_parallel_vs_native_parallel.ratio).padStart(8)}`);
-    L.push(`naive C cold / native cold         ${f(ratios.naive_c_cold_vs_native_cold.ratio).padStart(8)}   (context: what any daemon costs)`);
-    // the same ratios round by round: cold figures on a shared VM vary a lot between rounds
-    const perRound = (v: VariantName, k: CaseName, w: VariantName, l: CaseName): number[] =>
-      results[v].map((x, i) => (x[k] && results[w][i]?.[l] ? (x[k]!.bytes / x[k]!.seconds) / (results[w][i][l]!.bytes / results[w][i][l]!.seconds) : NaN));
-    const rr = {
-      ours_cold_vs_naive_c_cold: perRound('nydus-ts', 'cold', 'naive-c', 'cold'),
-      ours_remount_vs_native_cold: perRound('nydus-ts', 'remount', 'native', 'cold'),
-      naive_c_cold_vs_native_cold: perRound('naive-c', 'cold', 'native', 'cold'),
-    };
-    for (const [k, xs] of Object.entries(rr)) if (xs.length > 1 && xs.some(Number.isFinite)) L.push(`  per round, ${k.replace(/_/g, ' ')}: ${xs.map(f).join(', ')}`);
-    L.push('');
-    const ms = (x: number): string => (Number.isFinite(x) ? x.toFixed(3) : 'n/a');
-    if (latency.nydus_ts_cold) L.push(`event latency, nydus-ts (its metrics, cold read): p50 ${ms(latency.nydus_ts_cold.p50_ms)} ms, p99 ${ms(latency.nydus_ts_cold.p99_ms)} ms` +
-      (latency.nydus_ts_parallel ? `; parallel: p50 ${ms(latency.nydus_ts_parallel.p50_ms)} ms, p99 ${ms(latency.nydus_ts_parallel.p99_ms)} ms` : ''));
-    else if (a.variants.includes('nydus-ts')) L.push('event latency, nydus-ts: not reported');
-    if (latency.naive_c_cold) L.push(`event handling time, naive C (read of the batch → response written, cold read): p50 ${ms(latency.naive_c_cold.p50_ms)} ms, p99 ${ms(latency.naive_c_cold.p99_ms)} ms`);
-    const last = <T>(xs: T[]): T | undefined => xs[xs.length - 1];
-    const nc = last(results['naive-c']);
-    if (nc) {
-      const e = (x?: CaseResult): string => {
-        const s = x?.events as NaiveStats | undefined;
-        if (!s) return '-';
-        if (!s.events) return '0 events';
-        const sizes = Object.entries(s.sizes).sort((p, q) => q[1] - p[1]).map(([k, n]) => `${n}×${+k % 1024 ? k : `${+k / 1024}K`}`).join(' ');
-        return `${s.events} events (${sizes}), ≤ ${s.max_batch} per read(), pread ${s.pread_ms.toFixed(0)} ms + pwrite ${s.pwrite_ms.toFixed(0)} ms`;
-      };
-      L.push(`naive C, last round: cold ${e(nc.cold)}; warm ${e(nc.warm)}; remount ${e(nc.remount)}; parallel ${e(nc.parallel)}`);
-    }
-    const oc = last(results['nydus-ts']);
-    const cpuLine = (v: VariantName): void => {
-      const rr0 = last(results[v]);
-      if (!rr0) return;
-      const cell = (k: CaseName): string => {
-        const x = rr0[k];
-        return x?.daemon_cpu_ms === undefined || !Number.isFinite(x.daemon_cpu_ms) ? '' : `${k} ${x.daemon_cpu_ms.toFixed(0)} ms (${(x.daemon_cpu_ms / 1000 / x.seconds * 100).toFixed(0)}% of the read's time)`;
-      };
-      const cells = CASES.map(cell).filter(Boolean);
-      if (cells.length) L.push(`${v} daemon CPU during the timed reads (10 ms ticks), last round: ${cells.join(', ')}`);
-    };
-    cpuLine('naive-c');
-    cpuLine('nydus-ts');
-    if (oc) {
-      const e = (x?: CaseResult): string => Object.entries((x?.events as Record<string, number>) ?? {}).map(([k, n]) => `${k} ${Number.isFinite(n) ? n : '?'}`).join(', ');
-      L.push(`nydus-ts, last round: cold: ${e(oc.cold)}; warm: ${e(oc.warm)}; remount: ${e(oc.remount)}; parallel: ${e(oc.parallel)}`);
-      L.push(`nydus-ts backend bytes after remount, per round: ${results['nydus-ts'].map((x) => x.remount_backend_bytes).join(', ')} (expected 0)`);
-    }
-    if (loads.some((x) => x > 0.25)) L.push(`warning: other processes kept the CPUs busy before round(s) ${loads.map((x, i) => (x > 0.25 ? `${i + 1} (${(x * 100).toFixed(0)}%)` : '')).filter(Boolean).join(', ')}; rerun on a quiet machine (--wait-quiet S)`);
-    if (oursError) L.push(`\nnydus-ts FAILED: ${firstLine(oursError)}`);
-    L.push('');
-    process.stdout.write(L.join('\n') + '\n');
-
+    const { text, json } = readHostReport({ a, size, blobId, blobBytes, createS, results, loads, oursError });
+    process.stdout.write(text + '\n');
     if (a.json) {
-      const out = {
-        benchmark: 'read-host', kernel: os.release(), cpus: os.cpus().length, size_bytes: size, rounds: a.rounds, prime: a.prime, sources: a.sources, other_load_per_round: loads,
-        image: { blob_id: blobId, blob_bytes: blobBytes, create_s: createS, compressor: 'zstd', digester: 'blake3' },
-        parallel: { readers: a.readers, reader_mib: a.readerMiB, piece_kib: a.pieceKiB },
-        mib_per_s: summary, ratios, ratios_per_round: rr, latency, per_round: results, nydus_ts_error: oursError?.message ?? null,
-      };
-      fs.mkdirSync(path.dirname(a.json), { recursive: true });
-      fs.writeFileSync(a.json, JSON.stringify(out, null, 2) + '\n');
+      writeJson(a.json, json);
       log(`results: ${a.json}`);
     }
   } finally {
@@ -1097,11 +483,9 @@ async function main(): Promise<void> {
   }
   if (oursError) {
     process.stderr.write(`read-host-bench: error: the nydus-ts fanotify front end failed (details above): ${firstLine(oursError)}\n`);
-    process.exitCode = 1;
+    return 1;
   }
+  return 0;
 }
 
-main().catch((e) => {
-  process.stderr.write(`read-host-bench: error: ${(e as Error).stack ?? e}\n`);
-  process.exitCode = 1;
-});
+benchMain('read-host-bench', main);
