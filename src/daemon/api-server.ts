@@ -69,17 +69,17 @@ export interface DaemonController {
   mounts?(): unknown[];
   /** optional: `GET /api/v1/metrics/backend[?id=]`; without it the route answers 404 */
   backendMetrics?(id?: string): unknown;
-  /**
-   * optional: access traces of a daemon mount (`nydus-ts optimize`): `POST /api/v1/trace?mountpoint=M`
-   * starts one, `GET` returns it so far, `DELETE` stops it and returns it. Without it, 501.
-   */
-  trace?(action: 'start' | 'get' | 'stop', mountpoint: string): Promise<unknown>;
   /** optional: `GET /api/v1/cache/usage` (cache-usage.ts CacheUsage); without it, 501 */
   cacheUsage?(): unknown;
   /** optional: `POST /api/v1/cache/gc[?dry_run=true]` (cache-manager.ts GcReport); without it, 501 */
   cacheGc?(dryRun: boolean): Promise<unknown>;
   /** optional: `POST /api/v1/cache/cull`: a culling pass now; without it, 501 */
   cacheCull?(): Promise<unknown>;
+  /**
+   * optional: access traces of a daemon mount (`nydus-ts optimize`): `POST /api/v1/trace?mountpoint=M`
+   * starts one, `GET` returns it so far, `DELETE` stops it and returns it. Without it, 501.
+   */
+  trace?(action: 'start' | 'get' | 'stop', mountpoint: string): Promise<unknown>;
   /** optional: `GET /metrics`, `GET /api/v1/metrics/prometheus`: Prometheus text (format 0.0.4). Without it, 404. */
   prometheus?(): string;
   /**
@@ -542,6 +542,15 @@ export class ApiServer {
       return c.trace!(action, mountpointOf(ctx.query));
     };
     this.route('/api/v1/trace', { POST: trace('start'), GET: trace('get'), DELETE: trace('stop') });
+    this.route('/api/v1/cache/usage', { GET: () => (c.cacheUsage ? c.cacheUsage() : unsupported()) });
+    this.route('/api/v1/cache/gc', {
+      POST: (ctx) => {
+        const d = ctx.query.get('dry_run');
+        if (d !== null && !['true', 'false', '1', '0', ''].includes(d)) throw new RouteError(400, `bad request: dry_run=${JSON.stringify(d)} must be true or false`);
+        return c.cacheGc ? c.cacheGc(d === 'true' || d === '1' || d === '') : unsupported();
+      },
+    });
+    this.route('/api/v1/cache/cull', { POST: () => (c.cacheCull ? c.cacheCull() : unsupported()) });
     this.route('/api/v1/config', { GET: unsupported, PUT: unsupported });
     const prometheus: Handler = () => {
       if (!c.prometheus) throw new RouteError(404, 'metrics: no Prometheus exposition');
