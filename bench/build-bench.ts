@@ -1,137 +1,81 @@
 /**
- * Build benchmark (the issue's, not a test): `nydus-ts create` against mkfs.erofs on one large
- * real tree (scripts/make-rootfs.sh makes a Debian bookworm minbase rootfs). See bench/README.md.
- *
- *   node dist/bench/build-bench.js --source DIR [--runs 3] [--cache warm|cold] [--threads N]
- *        [--variants LIST] [--work DIR] [--output-json FILE] [--breakdown] [--cpu-prof DIR]
- *        [--cli PATH] [--compare-cli PATH] [--wait-quiet SECONDS]
+ * Build benchmark (issue #11's build goal; not a test): `nydus-ts create` against mkfs.erofs
+ * (Debian's 1.5 and, when given, a current release) on one large real tree, and the build's peak
+ * memory on a tree N× larger. See bench/README.md.
  *
  * Every build is a child process run under `/usr/bin/time -f '%e %M %U %S'` (wall time is taken
  * around the spawn with a monotonic clock; peak RSS, user and system CPU come from time(1)).
  * Runs are interleaved (round 1 of every variant, then round 2, …) so drift hits all of them
- * alike, and the median of each is reported. Caches: `warm` (default) reads the whole tree once
- * before the first round and leaves the page cache alone; `cold` syncs and drops the page cache
- * (echo 3 > /proc/sys/vm/drop_caches, root only) before every run of every variant. Outputs are
- * deleted before each run, so every run writes its image from scratch.
+ * alike, and the median of each is reported. Outputs are deleted before each run.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
+import {
+  CLI, benchMain, dropCaches, logger, machine, median, opt, parseArgs, ratio, usageText, writeJson, UsageError, MiB,
+} from './lib/harness';
+import { makeScaledTree } from './build-scale';
 
-const REPO = path.resolve(__dirname, '..', '..');
-const CLI = path.join(REPO, 'dist', 'src', 'cli', 'main.js');
 const TIME = '/usr/bin/time';
+const log = logger('build-bench');
 
 interface Variant {
   name: string;
   kind: 'ours' | 'erofs';
   compressor?: string;
   digester?: string;
-  /** mkfs.erofs followed by `sync FILES` (our builder fsyncs its outputs; mkfs.erofs 1.5 does not) */
+  /** mkfs.erofs binary (default: Debian's, on PATH) */
+  mkfs?: string;
+  /** mkfs.erofs followed by `sync FILES` (our builder fsyncs its outputs; mkfs.erofs does not) */
   fsync?: boolean;
   /** nydus-ts CLI to run (default: this repository's dist/src/cli/main.js) */
   cli?: string;
 }
 
-const ALL_VARIANTS: Record<string, Variant> = {
-  erofs: { name: 'mkfs.erofs', kind: 'erofs' },
-  'erofs-fsync': { name: 'mkfs.erofs + fsync', kind: 'erofs', fsync: true },
-  zstd: { name: 'nydus-ts zstd blake3', kind: 'ours', compressor: 'zstd', digester: 'blake3' },
-  lz4: { name: 'nydus-ts lz4_block blake3', kind: 'ours', compressor: 'lz4_block', digester: 'blake3' },
-  none: { name: 'nydus-ts none blake3', kind: 'ours', compressor: 'none', digester: 'blake3' },
-  'none-sha256': { name: 'nydus-ts none sha256', kind: 'ours', compressor: 'none', digester: 'sha256' },
-};
-const DEFAULT_VARIANTS = ['erofs', 'erofs-fsync', 'zstd', 'lz4', 'none', 'none-sha256'];
+const VARIANT_KEYS = ['erofs', 'erofs-new', 'erofs-fsync', 'zstd', 'lz4', 'none', 'none-sha256'] as const;
+type VariantKey = (typeof VARIANT_KEYS)[number];
+const DEFAULT_VARIANTS: VariantKey[] = ['erofs', 'erofs-new', 'zstd', 'lz4', 'none'];
 const NAME_W = 36;
 
-interface Args {
-  source: string;
-  runs: number;
-  cache: 'warm' | 'cold';
-  threads?: number;
-  variants: string[];
-  work?: string;
-  outputJson?: string;
-  breakdown: boolean;
-  cpuProf?: string;
-  cli: string;
-  compareCli?: string;
-  waitQuiet: number;
+const spec = {
+  source: opt.path('--source', 'tree to build (e.g. made by scripts/make-rootfs.sh); required', 'DIR'),
+  runs: opt.int('--runs', 5, 'timed runs per variant, median reported'),
+  cache: opt.choice('--cache', ['warm', 'cold'] as const, 'warm', 'warm: read the whole tree right before every run (this VM pages out files unused for a few seconds); cold: sync and drop the page cache before every run (root only)'),
+  threads: opt.optInt('--threads', 'nydus-ts --threads (default: its own, the CPU count)'),
+  variants: opt.list('--variants', DEFAULT_VARIANTS, 'which builds', VARIANT_KEYS),
+  erofsNew: opt.path('--mkfs-erofs-new', 'a current mkfs.erofs (e.g. erofs-utils 1.9.3 built from source) for the erofs-new variant; default $NYDUS_TS_BENCH_MKFS_EROFS_NEW, skipped when neither is set', 'FILE'),
+  scale: opt.int('--scale', 10, 'also build a tree of N copies of the source (each copy\'s file bytes XORed with its number: N× the data, none of it deduplicated) once with nydus-ts zstd and each mkfs.erofs, for peak memory as the tree grows; 0 skips it', { min: 0 }),
+  work: opt.path('--work', 'where outputs (and the scaled tree) go (default: a temporary directory, removed at the end)', 'DIR'),
+  outputJson: opt.path('--output-json', 'machine-readable results', 'FILE'),
+  breakdown: opt.flag('--breakdown', 'also time the build\'s phases in-process (scan, read, hash+compress, full build)'),
+  cpuProf: opt.path('--cpu-prof', 'also run one zstd build under node --cpu-prof and summarise the hottest functions (profiles of every thread in DIR)', 'DIR'),
+  cli: opt.path('--cli', 'the nydus-ts CLI (main.js) to benchmark (default: this repository\'s)', 'FILE'),
+  compareCli: opt.path('--compare-cli', 'also run every nydus-ts variant with another build of the CLI (e.g. a copy of the repository before a change), interleaved, shown as "[compare]"', 'FILE'),
+  waitQuiet: opt.num('--wait-quiet', 0, 'before each run, wait up to this many seconds for other processes to leave the CPUs idle; runs that still had company are flagged either way', 'S'),
+};
+type Args = ReturnType<typeof parseArgs<typeof spec>> & { cliPath: string };
+
+const USAGE = usageText('usage: node dist/bench/build-bench.js --source DIR [options]', spec);
+
+function variantsOf(a: Args): Record<VariantKey, Variant> {
+  return {
+    erofs: { name: 'mkfs.erofs 1.5 (Debian)', kind: 'erofs', mkfs: 'mkfs.erofs' },
+    'erofs-new': { name: `mkfs.erofs ${a.erofsNew ? erofsVersion(a.erofsNew) : '(new)'}`, kind: 'erofs', mkfs: a.erofsNew },
+    'erofs-fsync': { name: 'mkfs.erofs 1.5 + fsync', kind: 'erofs', mkfs: 'mkfs.erofs', fsync: true },
+    zstd: { name: 'nydus-ts zstd blake3', kind: 'ours', compressor: 'zstd', digester: 'blake3' },
+    lz4: { name: 'nydus-ts lz4_block blake3', kind: 'ours', compressor: 'lz4_block', digester: 'blake3' },
+    none: { name: 'nydus-ts none blake3', kind: 'ours', compressor: 'none', digester: 'blake3' },
+    'none-sha256': { name: 'nydus-ts none sha256', kind: 'ours', compressor: 'none', digester: 'sha256' },
+  };
 }
 
-const USAGE = `usage: node dist/bench/build-bench.js --source DIR [options]
-
-  --source DIR          tree to build (e.g. made by scripts/make-rootfs.sh)
-  --runs N              timed runs per variant, median reported (default 3)
-  --cache warm|cold     warm: read the tree once first (default); cold: sync + drop the page
-                        cache before every run (root only)
-  --threads N           nydus-ts --threads (default: its own default, the CPU count)
-  --variants LIST       comma-separated, from: ${Object.keys(ALL_VARIANTS).join(', ')}
-                        (default ${DEFAULT_VARIANTS.join(',')})
-  --work DIR            where outputs go (default: a temporary directory, removed at the end)
-  --output-json FILE    machine-readable results
-  --breakdown           also time the build's phases in-process (scan, read, hash+compress,
-                        full build) to show where the time goes
-  --cpu-prof DIR        also run one zstd build under node --cpu-prof and summarise the
-                        hottest functions (profiles of the main thread and the workers in DIR)
-  --cli PATH            the nydus-ts CLI (main.js) to benchmark (default: this repository's)
-  --compare-cli PATH    also run every nydus-ts variant with another build of the CLI (e.g. a
-                        patched copy of the repository), interleaved with the others, shown
-                        as "[compare]": before/after numbers from the same conditions
-  --wait-quiet S        before each run, wait (up to S seconds) until other processes leave
-                        the CPUs idle; runs that still had company are flagged either way
-  -h, --help
-`;
-
-function parseArgs(argv: string[]): Args {
-  const a: Args = { source: '', runs: 3, cache: 'warm', variants: DEFAULT_VARIANTS, breakdown: false, cli: CLI, waitQuiet: 0 };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) fail(`${k} needs a value`);
-      return v;
-    };
-    switch (k) {
-      case '-h':
-      case '--help':
-        process.stdout.write(USAGE);
-        process.exit(0);
-      // eslint-disable-next-line no-fallthrough
-      case '--source': a.source = val(); break;
-      case '--runs': a.runs = Number(val()); break;
-      case '--cache': a.cache = val() as Args['cache']; break;
-      case '--threads': a.threads = Number(val()); break;
-      case '--variants': a.variants = val().split(',').map((s) => s.trim()).filter(Boolean); break;
-      case '--work': a.work = val(); break;
-      case '--output-json': a.outputJson = val(); break;
-      case '--breakdown': a.breakdown = true; break;
-      case '--cpu-prof': a.cpuProf = val(); break;
-      case '--cli': a.cli = path.resolve(val()); break;
-      case '--compare-cli': a.compareCli = path.resolve(val()); break;
-      case '--wait-quiet': a.waitQuiet = Number(val()); break;
-      default:
-        if (!k.startsWith('-') && !a.source) a.source = k;
-        else fail(`unknown argument ${k}`);
-    }
-  }
-  if (!a.source) fail('--source DIR is required');
-  if (!Number.isInteger(a.runs) || a.runs < 1) fail('--runs must be a positive integer');
-  if (a.cache !== 'warm' && a.cache !== 'cold') fail('--cache must be warm or cold');
-  if (a.threads !== undefined && (!Number.isInteger(a.threads) || a.threads < 1)) fail('--threads must be a positive integer');
-  for (const v of a.variants) if (!(v in ALL_VARIANTS)) fail(`unknown variant ${v}`);
-  if (!(a.waitQuiet >= 0)) fail('--wait-quiet must be a number of seconds');
-  return a;
-}
-
-function fail(msg: string): never {
-  process.stderr.write(`build-bench: ${msg}\n\n${USAGE}`);
-  process.exit(2);
-}
-
-function log(msg: string): void {
-  process.stderr.write(`build-bench: ${msg}\n`);
+function erofsVersion(mkfs: string): string {
+  const r = spawnSync(mkfs, ['--version'], { encoding: 'utf8' });
+  const m = /(\d+\.\d+(\.\d+)?)/.exec(`${r.stdout ?? ''}${r.stderr ?? ''}`);
+  if (m) return m[1];
+  // 1.5 has no --version; its usage text names no version either
+  return mkfs === 'mkfs.erofs' ? '1.5' : '?';
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,10 +142,13 @@ function warmTree(root: string): void {
 }
 
 let dropWarned = false;
-function dropCaches(): void {
-  spawnSync('sync', { stdio: 'ignore' });
+function prepareCache(a: Args, src: string): void {
+  if (a.cache === 'warm') {
+    warmTree(src);
+    return;
+  }
   try {
-    fs.writeFileSync('/proc/sys/vm/drop_caches', '3\n');
+    dropCaches();
   } catch (e) {
     if (!dropWarned) log(`warning: cannot drop caches (${(e as Error).message}); runs are not cold`);
     dropWarned = true;
@@ -272,14 +219,14 @@ function command(v: Variant, out: string, src: string, a: Args, nodeFlags: strin
   if (v.kind === 'erofs') {
     const img = path.join(out, 'erofs.img');
     const blob = path.join(out, 'erofs.blob');
-    const mkfs = ['mkfs.erofs', '--quiet', '--chunksize=1048576', `--blobdev=${blob}`, img, src];
+    const mkfs = [v.mkfs!, '--quiet', '--chunksize=1048576', `--blobdev=${blob}`, img, src];
     const argv = v.fsync ? ['sh', '-c', `"$@" && exec sync -- "${img}" "${blob}"`, 'sh', ...mkfs] : mkfs;
     return { argv, meta: img, blob };
   }
   const boot = path.join(out, 'image.boot');
   const blobs = path.join(out, 'blobs');
   const report = path.join(out, 'report.json');
-  const argv = ['node', ...nodeFlags, v.cli ?? a.cli, 'create', '-B', boot, '-D', blobs, '-J', report, '--compressor', v.compressor!, '--digester', v.digester!];
+  const argv = ['node', ...nodeFlags, v.cli ?? a.cliPath, 'create', '-B', boot, '-D', blobs, '-J', report, '--compressor', v.compressor!, '--digester', v.digester!];
   if (a.threads) argv.push('--threads', String(a.threads));
   argv.push(src);
   return { argv, meta: boot, blob: blobs, report };
@@ -291,7 +238,7 @@ function runOnce(v: Variant, out: string, src: string, a: Args, nodeFlags: strin
   const cmd = command(v, out, src, a, nodeFlags);
   const timeFile = path.join(out, '.time');
   const logFile = path.join(out, '.log');
-  if (a.cache === 'cold') dropCaches();
+  prepareCache(a, src);
   const logFd = fs.openSync(logFile, 'w');
   const busy0 = machineBusy();
   const t0 = process.hrtime.bigint();
@@ -328,12 +275,6 @@ function runOnce(v: Variant, out: string, src: string, a: Args, nodeFlags: strin
 // ---------------------------------------------------------------------------------------------
 // Statistics and output
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((x, y) => x - y);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
 interface VariantSummary {
   key: string;
   name: string;
@@ -347,8 +288,11 @@ interface VariantSummary {
   throughput_mb_s: number;
   meta_bytes: number;
   blob_bytes: number;
+  /** ours / mkfs.erofs 1.5 */
   time_ratio_vs_erofs: number | null;
   rss_ratio_vs_erofs: number | null;
+  /** ours / the current mkfs.erofs (erofs-new), when it ran */
+  time_ratio_vs_erofs_new: number | null;
   median_trace?: Record<string, number>;
   /** runs during which other processes kept a core more than a quarter busy */
   contended_runs: number;
@@ -366,6 +310,7 @@ function summarise(key: string, v: Variant, runs: RunResult[], cmd: string, srcB
     blob_bytes: runs[runs.length - 1].blob_bytes,
     time_ratio_vs_erofs: null,
     rss_ratio_vs_erofs: null,
+    time_ratio_vs_erofs_new: null,
     contended_runs: runs.filter(contended).length,
   };
   s.throughput_mb_s = srcBytes / 1e6 / s.median_wall_s;
@@ -381,7 +326,7 @@ function contended(r: RunResult): boolean {
 }
 
 function mib(n: number): string {
-  return (n / 1048576).toFixed(1);
+  return (n / MiB).toFixed(1);
 }
 
 function pad(s: string, n: number, right = false): string {
@@ -389,18 +334,18 @@ function pad(s: string, n: number, right = false): string {
 }
 
 function printTable(rows: VariantSummary[], runs: number): void {
-  const head = ['variant', 'wall s', 'min', 'max', 'CPU s', 'RSS MiB', 'MB/s', 'meta MiB', 'blob MiB', 'time ×', 'RSS ×'];
-  const w = [NAME_W, 7, 6, 6, 6, 8, 6, 9, 9, 7, 6];
+  const head = ['variant', 'wall s', 'min', 'max', 'CPU s', 'RSS MiB', 'MB/s', 'meta MiB', 'blob MiB', 'time ×', 'RSS ×', '× new'];
+  const w = [NAME_W, 7, 6, 6, 6, 8, 6, 9, 9, 7, 6, 6];
   const line = (cells: string[]): string => cells.map((c, i) => pad(c, w[i], i === 0)).join(' ');
-  console.log(`\nmedian of ${runs} run(s); × = ours / mkfs.erofs (plain)`);
+  console.log(`\nmedian of ${runs} run(s); × = ours / mkfs.erofs 1.5, × new = ours / the current mkfs.erofs`);
   console.log(line(head));
   console.log(line(w.map((n) => '-'.repeat(n))));
+  const x = (v: number | null): string => (v === null ? '' : v.toFixed(2));
   for (const r of rows) {
     console.log(line([
       r.name, r.median_wall_s.toFixed(2), r.min_wall_s.toFixed(2), r.max_wall_s.toFixed(2), r.median_cpu_s.toFixed(2),
       mib(r.median_peak_rss_kb * 1024), r.throughput_mb_s.toFixed(0), mib(r.meta_bytes), mib(r.blob_bytes),
-      r.time_ratio_vs_erofs === null ? '' : r.time_ratio_vs_erofs.toFixed(2),
-      r.rss_ratio_vs_erofs === null ? '' : r.rss_ratio_vs_erofs.toFixed(2),
+      x(r.time_ratio_vs_erofs), x(r.rss_ratio_vs_erofs), x(r.time_ratio_vs_erofs_new),
     ]));
   }
   const busy = rows.filter((r) => r.contended_runs > 0);
@@ -409,10 +354,11 @@ function printTable(rows: VariantSummary[], runs: number): void {
   }
   const traced = rows.filter((r) => r.median_trace);
   if (traced.length) {
-    console.log('\nnydus-ts phases (median, from its -J report: dump_blob = scan + read + hash/compress + blob write, dump_bootstrap = layout + write)');
+    console.log('\nnydus-ts phases (median, from its -J report; dump_blob = scan + read + hash/compress + blob write; after it: stop workers, bootstrap layout + write, wait for the blob\'s fsync, bootstrap fsync)');
     for (const r of traced) {
       const t = r.median_trace!;
-      console.log(`  ${pad(r.name, NAME_W, true)} total ${t.total_build?.toFixed(2)} s, dump_blob ${t.dump_blob?.toFixed(2)} s, dump_bootstrap ${t.dump_bootstrap?.toFixed(2)} s (process wall ${r.median_wall_s.toFixed(2)} s: the rest is node start-up and exit)`);
+      const f = (k: string): string => (t[k] ?? NaN).toFixed(2);
+      console.log(`  ${pad(r.name, NAME_W, true)} total ${f('total_build')} s: dump_blob ${f('dump_blob')}, stop_workers ${f('stop_workers')}, layout_bootstrap ${f('layout_bootstrap')}, blob_sync_wait ${f('blob_sync_wait')}, write_bootstrap ${f('write_bootstrap')} (process wall ${r.median_wall_s.toFixed(2)} s: the rest is node start-up and exit)`);
     }
   }
 }
@@ -440,14 +386,14 @@ async function breakdown(src: string, a: Args, work: string): Promise<Breakdown>
   const threads = a.threads ?? os.availableParallelism();
   const out: Breakdown = { scan_s: 0, entries: 0, files: 0, read_s: 0, read_bytes: 0, cpu: {}, full_build: {} };
 
-  if (a.cache === 'cold') dropCaches();
+  prepareCache(a, src);
   let t = performance.now();
   const { files } = scanDirectory(src);
   out.scan_s = (performance.now() - t) / 1000;
   out.files = files.length;
 
-  // Reading alone, the way the builder reads (one file at a time, chunk-sized async reads).
-  if (a.cache === 'cold') dropCaches();
+  // Reading alone (one file at a time, chunk-sized reads into fresh buffers).
+  prepareCache(a, src);
   t = performance.now();
   const chunks: Buffer[] = [];
   for (const f of files) {
@@ -458,7 +404,7 @@ async function breakdown(src: string, a: Args, work: string): Promise<Breakdown>
   }
   out.read_s = (performance.now() - t) / 1000;
 
-  // Hashing + compression alone, from memory, with the builder's in-flight limit.
+  // Hashing + compression alone, from memory, on the pool.
   const pool = await ChunkPool.create({ threads });
   for (const [c, d] of [['zstd', 'blake3'], ['lz4_block', 'blake3'], ['none', 'blake3'], ['none', 'sha256']] as const) {
     t = performance.now();
@@ -479,7 +425,7 @@ async function breakdown(src: string, a: Args, work: string): Promise<Breakdown>
   for (const c of ['zstd', 'none'] as const) {
     const dir = path.join(work, `breakdown-${c}`);
     fs.rmSync(dir, { recursive: true, force: true });
-    if (a.cache === 'cold') dropCaches();
+    prepareCache(a, src);
     const rep = await createImage({ type: 'dir', source: src, bootstrap: path.join(dir, 'boot'), blobDir: path.join(dir, 'blobs'), compressor: c, digester: 'blake3', threads: a.threads });
     const ct = rep.trace.consumed_time;
     out.full_build[`${c}+blake3`] = { total_s: ct.total_build, dump_blob_s: ct.dump_blob, dump_bootstrap_s: ct.dump_bootstrap };
@@ -491,7 +437,7 @@ async function breakdown(src: string, a: Args, work: string): Promise<Breakdown>
 function printBreakdown(b: Breakdown): void {
   console.log('\nbreakdown (in-process, each phase alone):');
   console.log(`  scan (readdir + lstat + xattrs of the tree):       ${b.scan_s.toFixed(2)} s, ${b.files} regular files`);
-  console.log(`  read (builder's reader, files one after another): ${b.read_s.toFixed(2)} s, ${(b.read_bytes / 1e6 / b.read_s).toFixed(0)} MB/s`);
+  console.log(`  read (files one after another, fresh buffers):    ${b.read_s.toFixed(2)} s, ${(b.read_bytes / 1e6 / b.read_s).toFixed(0)} MB/s`);
   for (const [k, v] of Object.entries(b.cpu)) console.log(`  hash+compress ${pad(k, 16, true)} (pool, from memory): ${v.s.toFixed(2)} s, ${v.mb_s.toFixed(0)} MB/s`);
   for (const [k, v] of Object.entries(b.full_build)) console.log(`  createImage ${pad(k, 18, true)} (no node start-up): ${v.total_s.toFixed(2)} s (dump_blob ${v.dump_blob_s.toFixed(2)}, dump_bootstrap ${v.dump_bootstrap_s.toFixed(2)})`);
 }
@@ -502,14 +448,11 @@ function printBreakdown(b: Breakdown): void {
 interface ProfNode {
   id: number;
   callFrame: { functionName: string; url: string; lineNumber: number };
-  children?: number[];
 }
 interface Profile {
   nodes: ProfNode[];
   samples: number[];
   timeDeltas: number[];
-  startTime: number;
-  endTime: number;
 }
 
 function summariseProfile(file: string, top = 12): { file: string; total_ms: number; top: { fn: string; self_ms: number; pct: number }[] } {
@@ -519,8 +462,7 @@ function summariseProfile(file: string, top = 12): { file: string; total_ms: num
   let total = 0;
   p.samples.forEach((id, i) => {
     const dt = (p.timeDeltas[i] ?? 0) / 1000;
-    const n = byId.get(id)!;
-    const f = n.callFrame;
+    const f = byId.get(id)!.callFrame;
     const where = f.url ? `${path.basename(f.url)}:${f.lineNumber + 1}` : '';
     const key = `${f.functionName || '(anonymous)'}${where ? ' ' + where : ''}`;
     self.set(key, (self.get(key) ?? 0) + dt);
@@ -530,50 +472,75 @@ function summariseProfile(file: string, top = 12): { file: string; total_ms: num
   return { file, total_ms: total, top: topList };
 }
 
-async function cpuProfile(src: string, a: Args, work: string): Promise<ReturnType<typeof summariseProfile>[]> {
+async function cpuProfile(v: Variant, src: string, a: Args, work: string): Promise<ReturnType<typeof summariseProfile>[]> {
   fs.mkdirSync(a.cpuProf!, { recursive: true });
   const before = new Set(fs.readdirSync(a.cpuProf!));
-  const out = path.join(work, 'cpu-prof');
-  await runOnce(ALL_VARIANTS.zstd, out, src, a, ['--cpu-prof', `--cpu-prof-dir=${path.resolve(a.cpuProf!)}`]);
+  await runOnce(v, path.join(work, 'cpu-prof'), src, a, ['--cpu-prof', `--cpu-prof-dir=${a.cpuProf}`]);
   const files = fs.readdirSync(a.cpuProf!).filter((f) => f.endsWith('.cpuprofile') && !before.has(f));
   return files.map((f) => summariseProfile(path.join(a.cpuProf!, f)));
 }
 
 // ---------------------------------------------------------------------------------------------
+// Memory as the tree grows: one build of an N× tree per builder
 
-function tool(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  return `${r.stdout ?? ''}${r.stderr ?? ''}`.trim();
+interface ScaleResult {
+  factor: number;
+  source: TreeStats;
+  builds: { key: string; name: string; wall_s: number; peak_rss_kb: number; peak_rss_1x_kb: number; growth: number; blob_bytes: number }[];
 }
 
+async function scaleCheck(a: Args, src: string, work: string, plan: { key: string; v: Variant }[], rows: VariantSummary[]): Promise<ScaleResult> {
+  const dir = path.join(work, `scaled-${a.scale}x`);
+  log(`scale check: a tree of ${a.scale} copies of the source in ${dir} (made once, reused)`);
+  const tree = makeScaledTree(src, dir, a.scale, log);
+  const stats = treeStats(tree);
+  const res: ScaleResult = { factor: a.scale, source: stats, builds: [] };
+  for (const { key, v } of plan) {
+    if (!['zstd', 'erofs', 'erofs-new'].includes(key)) continue;
+    const r = await runOnce(v, path.join(work, `${key}-scaled`), tree, a);
+    const one = rows.find((x) => x.key === key)!.median_peak_rss_kb;
+    res.builds.push({ key, name: v.name, wall_s: r.wall_s, peak_rss_kb: r.peak_rss_kb, peak_rss_1x_kb: one, growth: r.peak_rss_kb / one, blob_bytes: r.blob_bytes });
+    log(`scale ${a.scale}× ${pad(v.name, NAME_W, true)} ${r.wall_s.toFixed(2)} s, ${mib(r.peak_rss_kb * 1024)} MiB peak RSS`);
+    fs.rmSync(path.join(work, `${key}-scaled`), { recursive: true, force: true });
+  }
+  console.log(`\npeak memory as the tree grows: the source, then ${a.scale} copies of it (${stats.entries} entries, ${mib(stats.bytes)} MiB, no chunk repeated)`);
+  for (const b of res.builds) {
+    console.log(`  ${pad(b.name, NAME_W, true)} 1×: ${mib(b.peak_rss_1x_kb * 1024).padStart(6)} MiB   ${a.scale}×: ${mib(b.peak_rss_kb * 1024).padStart(6)} MiB   (${b.growth.toFixed(2)}×; ${b.wall_s.toFixed(1)} s)`);
+  }
+  return res;
+}
+
+// ---------------------------------------------------------------------------------------------
+
 async function main(): Promise<void> {
-  const a = parseArgs(process.argv.slice(2));
-  const src = path.resolve(a.source);
-  if (!fs.statSync(src, { throwIfNoEntry: false })?.isDirectory()) fail(`--source ${src} is not a directory`);
-  if (!fs.existsSync(TIME)) fail(`${TIME} is missing (apt-get install time)`);
-  const hasOurs = a.variants.some((v) => ALL_VARIANTS[v].kind === 'ours');
-  if (hasOurs && !fs.existsSync(a.cli)) fail(`${a.cli} is missing (run npm run build)`);
-  if (a.compareCli && !fs.existsSync(a.compareCli)) fail(`--compare-cli ${a.compareCli} is missing`);
+  const parsed = parseArgs(process.argv.slice(2), spec, { usage: USAGE });
+  const a: Args = { ...parsed, cliPath: parsed.cli ?? CLI, erofsNew: parsed.erofsNew ?? process.env.NYDUS_TS_BENCH_MKFS_EROFS_NEW };
+  if (!a.source) throw new UsageError('--source DIR is required');
+  const src = a.source;
+  if (!fs.statSync(src, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--source ${src} is not a directory`);
+  if (!fs.existsSync(TIME)) throw new UsageError(`${TIME} is missing (apt-get install time)`);
+  const all = variantsOf(a);
+  let keys = a.variants;
+  if (keys.includes('erofs-new') && !a.erofsNew) {
+    log('no current mkfs.erofs given (--mkfs-erofs-new or NYDUS_TS_BENCH_MKFS_EROFS_NEW): skipping the erofs-new variant');
+    keys = keys.filter((k) => k !== 'erofs-new');
+  }
+  const hasOurs = keys.some((k) => all[k].kind === 'ours');
+  if (hasOurs && !fs.existsSync(a.cliPath)) throw new UsageError(`${a.cliPath} is missing (run npm run build)`);
+  if (a.compareCli && !fs.existsSync(a.compareCli)) throw new UsageError(`--compare-cli ${a.compareCli} is missing`);
   const plan: { key: string; v: Variant }[] = [];
-  for (const k of a.variants) {
-    plan.push({ key: k, v: ALL_VARIANTS[k] });
-    if (a.compareCli && ALL_VARIANTS[k].kind === 'ours') {
-      plan.push({ key: `${k}@compare`, v: { ...ALL_VARIANTS[k], name: `${ALL_VARIANTS[k].name} [compare]`, cli: a.compareCli } });
-    }
+  for (const k of keys) {
+    plan.push({ key: k, v: all[k] });
+    if (a.compareCli && all[k].kind === 'ours') plan.push({ key: `${k}@compare`, v: { ...all[k], name: `${all[k].name} [compare]`, cli: a.compareCli } });
   }
   const ownWork = !a.work;
-  const work = a.work ? path.resolve(a.work) : fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-ts-bench-'));
+  const work = a.work ?? fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-ts-bench-'));
   fs.mkdirSync(work, { recursive: true });
 
-  const erofsVersion = a.variants.some((v) => ALL_VARIANTS[v].kind === 'erofs') ? tool('mkfs.erofs', ['--version']).split('\n')[0] : null;
   const stats = treeStats(src);
-  const cpus = os.cpus();
+  const m = machine();
   log(`source ${src}: ${stats.entries} entries, ${stats.regularFiles} files, ${mib(stats.bytes)} MiB of file data`);
-  log(`machine: ${cpus.length} × ${cpus[0]?.model ?? '?'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}, ${erofsVersion ?? ''}`);
-  if (a.cache === 'warm') {
-    log('warming the page cache (reading the tree once)');
-    warmTree(src);
-  }
+  log(`machine: ${m.host_cpus} × ${m.cpu_model}, ${m.memory_gib} GiB, node ${m.node}; ${plan.filter((p) => p.v.kind === 'erofs').map((p) => p.v.name).join(', ')}`);
 
   const results = new Map<string, RunResult[]>();
   for (const { key } of plan) results.set(key, []);
@@ -588,26 +555,34 @@ async function main(): Promise<void> {
     }
     const rows = plan.map(({ key, v }) => summarise(key, v, results.get(key)!, command(v, path.join(work, key), src, a).argv.join(' '), stats.bytes));
     const peer = rows.find((r) => r.key === 'erofs');
-    if (peer) {
-      for (const r of rows) {
-        if (r.key === 'erofs') continue;
+    const peerNew = rows.find((r) => r.key === 'erofs-new');
+    for (const r of rows) {
+      if (r.key.startsWith('erofs')) continue;
+      if (peer) {
         r.time_ratio_vs_erofs = r.median_wall_s / peer.median_wall_s;
         r.rss_ratio_vs_erofs = r.median_peak_rss_kb / peer.median_peak_rss_kb;
       }
+      if (peerNew) r.time_ratio_vs_erofs_new = r.median_wall_s / peerNew.median_wall_s;
     }
     printTable(rows, a.runs);
+
+    let scale: ScaleResult | undefined;
+    if (a.scale > 1 && rows.some((r) => r.key === 'zstd')) scale = await scaleCheck(a, src, work, plan, rows);
+
     const zstd = rows.find((r) => r.key === 'zstd');
-    let goal: { target: string; ratio: number; met: boolean; compare_ratio?: number; compare_met?: boolean } | null = null;
-    if (peer && zstd) {
-      goal = { target: 'nydus-ts zstd+blake3 wall time <= 2 x mkfs.erofs', ratio: zstd.time_ratio_vs_erofs!, met: zstd.time_ratio_vs_erofs! <= 2 };
-      console.log(`\ngoal (zstd + blake3 at most 2× mkfs.erofs' time): ${goal.ratio.toFixed(2)}× — ${goal.met ? 'met' : 'NOT met'}`);
-      const cmp = rows.find((r) => r.key === 'zstd@compare');
-      if (cmp) {
-        goal.compare_ratio = cmp.time_ratio_vs_erofs!;
-        goal.compare_met = goal.compare_ratio <= 2;
-        console.log(`                                    [compare]: ${goal.compare_ratio.toFixed(2)}× — ${goal.compare_met ? 'met' : 'NOT met'}`);
-      }
+    const goals: Record<string, { value: number; target: string; met: boolean }> = {};
+    if (zstd && peer) goals.time_vs_erofs_1_5 = { value: zstd.time_ratio_vs_erofs!, target: '≤ 0.7× mkfs.erofs 1.5 wall time', met: zstd.time_ratio_vs_erofs! <= 0.7 };
+    if (zstd && peerNew) goals.time_vs_erofs_new = { value: zstd.time_ratio_vs_erofs_new!, target: `≤ 2× ${peerNew.name} wall time`, met: zstd.time_ratio_vs_erofs_new! <= 2 };
+    if (zstd) goals.peak_rss = { value: zstd.median_peak_rss_kb / 1024, target: '≤ 128 MiB peak RSS', met: zstd.median_peak_rss_kb <= 128 * 1024 };
+    const scaled = scale?.builds.find((b) => b.key === 'zstd');
+    if (scaled) goals.peak_rss_scaled = { value: scaled.peak_rss_kb / 1024, target: `≤ 128 MiB peak RSS on the ${scale!.factor}× tree`, met: scaled.peak_rss_kb <= 128 * 1024 };
+    const cmp = rows.find((r) => r.key === 'zstd@compare');
+    console.log('\ngoals (nydus-ts zstd + blake3):');
+    for (const g of Object.values(goals)) {
+      const v = g.target.includes('MiB') ? `${g.value.toFixed(1)} MiB` : `${g.value.toFixed(2)}×`;
+      console.log(`  ${g.target.padEnd(44)} ${v.padStart(10)} — ${g.met ? 'met' : 'NOT met'}`);
     }
+    if (cmp && peer) console.log(`  [compare] time ${ratio(cmp.median_wall_s, peer.median_wall_s).toFixed(2)}× mkfs.erofs 1.5, ${mib(cmp.median_peak_rss_kb * 1024)} MiB peak RSS`);
 
     let bd: Breakdown | undefined;
     if (a.breakdown) {
@@ -618,7 +593,7 @@ async function main(): Promise<void> {
     let prof: ReturnType<typeof summariseProfile>[] | undefined;
     if (a.cpuProf) {
       log(`cpu profile: one zstd build under node --cpu-prof (profiles in ${a.cpuProf})`);
-      prof = await cpuProfile(src, a, work);
+      prof = await cpuProfile(all.zstd, src, a, work);
       for (const p of prof) {
         console.log(`\n${path.basename(p.file)}: ${(p.total_ms / 1000).toFixed(2)} s sampled; top self time:`);
         for (const t of p.top) console.log(`  ${t.self_ms.toFixed(0).padStart(6)} ms ${t.pct.toFixed(1).padStart(5)}%  ${t.fn}`);
@@ -626,25 +601,13 @@ async function main(): Promise<void> {
     }
 
     if (a.outputJson) {
-      const json = {
-        date: new Date().toISOString(),
-        machine: {
-          cpus: cpus.length, cpu_model: cpus[0]?.model, mem_bytes: os.totalmem(), kernel: os.release(),
-          node: process.version, mkfs_erofs: erofsVersion,
-        },
+      writeJson(a.outputJson, {
+        ...m,
+        erofs_versions: plan.filter((p) => p.v.kind === 'erofs').map((p) => p.v.name),
         source: { path: src, ...stats },
-        runs: a.runs,
-        cache: a.cache,
-        threads: a.threads ?? null,
-        cli: a.cli,
-        compare_cli: a.compareCli ?? null,
-        variants: rows,
-        goal,
-        breakdown: bd ?? null,
-        cpu_profile: prof ?? null,
-      };
-      fs.mkdirSync(path.dirname(path.resolve(a.outputJson)), { recursive: true });
-      fs.writeFileSync(a.outputJson, JSON.stringify(json, null, 2) + '\n');
+        runs: a.runs, cache: a.cache, threads: a.threads ?? null, cli: a.cliPath, compare_cli: a.compareCli ?? null,
+        variants: rows, goals, scale: scale ?? null, breakdown: bd ?? null, cpu_profile: prof ?? null,
+      });
       log(`results in ${a.outputJson}`);
     }
   } finally {
@@ -652,7 +615,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((e: unknown) => {
-  process.stderr.write(`build-bench: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
-  process.exit(1);
-});
+benchMain('build-bench', main);

@@ -15,6 +15,7 @@ import {
   BlobChunk, BlobEntry, encodeCiV1, encodeCctHeader, encodeSectionTarHeader, encodeTocEntry,
 } from '../format/layout';
 import { NydusError } from '../errors';
+import { ChunkTable } from './chunk-table';
 
 export interface BlobWriterOptions {
   dir: string;
@@ -29,7 +30,6 @@ export interface FinishedBlob {
   blobId: string;
   path: string;
   entry: BlobEntry;
-  chunks: BlobChunk[];
 }
 
 /** Start writeback of what is written every this many bytes (see `write`). */
@@ -41,9 +41,8 @@ export class BlobWriter {
   private readonly hash = crypto.createHash('sha256');
   private pos = 0; // bytes written to the file so far, pending ones included
   private uncompressedEnd = 0;
-  readonly chunks: BlobChunk[] = [];
-  /** chunk digests back to back (the TOC's digest array) */
-  private digests: Buffer = Buffer.alloc(64 * 32);
+  /** the chunks added so far (their ci rows and digests, and an index by digest) */
+  readonly table = new ChunkTable();
   /** chunk bytes added but not yet written (views the caller keeps valid until flush()) */
   private pending: Buffer[] = [];
   private pendingBytes = 0;
@@ -61,7 +60,12 @@ export class BlobWriter {
   }
 
   get chunkCount(): number {
-    return this.chunks.length;
+    return this.table.count;
+  }
+
+  /** The chunks added so far, as objects (made on each call: the table holds rows, not objects). */
+  get chunks(): BlobChunk[] {
+    return Array.from({ length: this.table.count }, (_, i) => this.table.row(i));
   }
   get compressedBytes(): number {
     return this.pos;
@@ -119,25 +123,22 @@ export class BlobWriter {
    * until then.
    */
   addChunk(data: Buffer, compressed: boolean, uncompressedSize: number, digest: Buffer): BlobChunk {
-    if (this.chunks.length >= 1 << 24) throw new NydusError('ERR_UNSUPPORTED', 'a blob can hold at most 2^24 chunks');
-    const c: BlobChunk = {
-      index: this.chunks.length,
-      compressedOffset: this.pos,
-      compressedSize: data.length,
-      uncompressedOffset: this.uncompressedEnd,
-      uncompressedSize,
-      compressed,
-    };
+    return this.table.row(this.append(data, compressed, uncompressedSize, digest, 0));
+  }
+
+  /** addChunk() with the digest at digestSrc[digestOff, +32), returning only the ci index. */
+  append(data: Buffer, compressed: boolean, uncompressedSize: number, digestSrc: Buffer, digestOff: number): number {
+    if (this.table.count >= 1 << 24) throw new NydusError('ERR_UNSUPPORTED', 'a blob can hold at most 2^24 chunks');
+    const ci = this.table.add({
+      compressedOffset: this.pos, compressedSize: data.length, uncompressedOffset: this.uncompressedEnd, uncompressedSize, compressed,
+    }, digestSrc, digestOff);
     this.pending.push(data);
     this.pendingBytes += data.length;
     this.pos += data.length;
     if (this.pendingBytes >= 4 << 20) this.flush();
     // v6 aligned chunks: each chunk starts on a 4 KiB boundary of the uncompressed space.
     this.uncompressedEnd = alignUp(this.uncompressedEnd + uncompressedSize, EROFS_BLOCK_SIZE);
-    if ((this.chunks.length + 1) * 32 > this.digests.length) this.digests = grow(this.digests, this.digests.length * 2);
-    digest.copy(this.digests, this.chunks.length * 32);
-    this.chunks.push(c);
-    return c;
+    return ci;
   }
 
   /**
@@ -163,7 +164,7 @@ export class BlobWriter {
     if (this.closed) throw new Error('blob writer already finished');
     this.flush();
     this.closed = true;
-    const n = this.chunks.length;
+    const n = this.table.count;
     if (n === 0) {
       this.closeAndRemove();
       return undefined;
@@ -182,7 +183,7 @@ export class BlobWriter {
     let features = BlobFeature.ALIGNED | BlobFeature.CAP_TAR_TOC;
     if (toc) features |= BlobFeature.INLINED_CHUNK_DIGEST | BlobFeature.HAS_TAR_HEADER | BlobFeature.HAS_TOC;
     const ci = Buffer.alloc(n * BLOB_CI_V1_SIZE);
-    this.chunks.forEach((c, i) => encodeCiV1(ci, i * BLOB_CI_V1_SIZE, c));
+    for (let i = 0; i < n; i++) encodeCiV1(ci, i * BLOB_CI_V1_SIZE, this.table.row(i));
     const ciOffset = this.pos;
     const header = encodeCctHeader({
       features, ciCompressor: 0, ciEntries: n, ciOffset, ciCompressedSize: ci.length,
@@ -194,7 +195,7 @@ export class BlobWriter {
       this.write(encodeSectionTarHeader(TOC_NAMES.meta, ci.length + header.length));
       tocEntries.push(encodeTocEntry({ flags: TocFlag.NONE, name: TOC_NAMES.meta, digest: sha256(ci), compressedOffset: ciOffset, compressedSize: ci.length, uncompressedSize: ci.length }));
       tocEntries.push(encodeTocEntry({ flags: TocFlag.NONE, name: TOC_NAMES.metaHeader, digest: sha256(header), compressedOffset: ciOffset + ci.length, compressedSize: header.length, uncompressedSize: header.length }));
-      const digestArray = this.digests.subarray(0, n * 32);
+      const digestArray = this.table.digests.subarray(0, n * 32);
       const digestOffset = this.pos;
       this.write(digestArray);
       this.write(encodeSectionTarHeader(TOC_NAMES.digest, digestArray.length));
@@ -233,8 +234,7 @@ export class BlobWriter {
       cipherAlgo: 0,
     };
     this.flush();
-    this.digests = Buffer.alloc(0);
-    this.sealed = { blobId, path: path.join(this.opts.dir, blobId), entry, chunks: this.chunks };
+    this.sealed = { blobId, path: path.join(this.opts.dir, blobId), entry };
     return this.sealed;
   }
 
@@ -303,11 +303,6 @@ export class BlobWriter {
   }
 }
 
-function grow(b: Buffer, size: number): Buffer {
-  const g = Buffer.alloc(size);
-  b.copy(g);
-  return g;
-}
 
 function sha256(b: Buffer): Buffer {
   return crypto.createHash('sha256').update(b).digest();

@@ -7,23 +7,24 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import {
-  CompressorName, DigesterName, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, MAX_CHUNK_SIZE, SuperFlags,
+  CompressorName, DigesterName, DEFAULT_CHUNK_SIZE, SuperFlags,
   compressorSuperFlag, RAFS_MAX_BLOBS, COMPRESSOR_IDS, DIGESTER_IDS, BlobFeature,
 } from '../format/constants';
 import { BlobEntry } from '../format/layout';
-import { writeBootstrap } from '../format/bootstrap-writer';
-import { readBootstrap, RafsBootstrap } from '../format/bootstrap-reader';
+import { writeBootstrap, writeBootstrapFile, BootstrapFileOutput } from '../format/bootstrap-writer';
+import type { RafsBootstrap } from '../format/bootstrap-reader';
 import { TreeNode, Inode, walkTree, forEachNode } from '../tree/node';
 import { ChunkPool } from '../codec/chunk-pool';
 import { digestReady } from '../codec/digest';
 import { BlobWriter, FinishedBlob } from '../blob/blob-writer';
+import { plainChunkRef } from '../blob/chunk-table';
 import { ChunkSink, SinkStats, dedupKey } from './chunk-sink';
 import { scanDirectory, walkDirectory, openDirFile, DirFile } from './dir-source';
-import { buildTreeFromTar } from './tar-source';
 import { applyLayer, cloneTree, stripWhiteouts, WhiteoutSpec } from './overlay';
 import { NydusError, invalidArgument } from '../errors';
-import { writeFileAtomic } from '../util/atomic-file';
+import { writeFileAtomic, writeAtomically } from '../util/atomic-file';
 import { VERSION } from '../version';
+import { parseChunkSize } from './chunk-size';
 
 export type SourceType = 'dir' | 'tar' | 'targz';
 
@@ -82,15 +83,16 @@ export interface BuildReport {
 }
 
 export { VERSION };
+export { parseChunkSize };
 
-export function parseChunkSize(v: string | number | undefined): number {
-  if (v === undefined) return DEFAULT_CHUNK_SIZE;
-  const n = typeof v === 'number' ? v : v.startsWith('0x') || v.startsWith('0X') ? parseInt(v, 16) : Number(v);
-  if (!Number.isInteger(n) || n < MIN_CHUNK_SIZE || n > MAX_CHUNK_SIZE || (n & (n - 1)) !== 0) {
-    throw invalidArgument(`--chunk-size ${v}: must be a power of two between 0x1000 and 0x1000000`);
-  }
-  return n;
-}
+// Loaded when a build needs them (a directory build needs neither the tar reader nor the
+// bootstrap reader): less start-up and less heap for the common case.
+/* eslint-disable @typescript-eslint/no-require-imports */
+const readBootstrap = (...a: Parameters<typeof import('../format/bootstrap-reader').readBootstrap>): RafsBootstrap =>
+  (require('../format/bootstrap-reader') as typeof import('../format/bootstrap-reader')).readBootstrap(...a);
+const buildTreeFromTar = (...a: Parameters<typeof import('./tar-source').buildTreeFromTar>): ReturnType<typeof import('./tar-source').buildTreeFromTar> =>
+  (require('./tar-source') as typeof import('./tar-source')).buildTreeFromTar(...a);
+/* eslint-enable @typescript-eslint/no-require-imports */
 
 function readBootstrapFile(file: string, what: string): RafsBootstrap {
   let data: Buffer;
@@ -135,7 +137,8 @@ export function compactBlobs(root: TreeNode, blobs: (BlobEntry | undefined)[]): 
   if (identity) return out; // nothing moves (every new single-layer build): no copy of every chunk
   const inodes = new Set<Inode>();
   forEachNode(root, (n) => inodes.add(n.inode));
-  for (const i of inodes) i.chunks = i.chunks.map((c) => ({ ...c, blobIndex: map.get(c.blobIndex)! }));
+  // (plainChunkRef: a new build's chunks are ChunkAt objects, whose fields are getters)
+  for (const i of inodes) i.chunks = i.chunks.map((c) => plainChunkRef(c, { blobIndex: map.get(c.blobIndex)! }));
   return out;
 }
 
@@ -169,7 +172,10 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
   slots.push(undefined);
 
   // The workers load while the source is scanned; what is submitted meanwhile waits for them.
-  const { pool, ready } = ChunkPool.start({ threads });
+  // This thread compresses too (ChunkSink `inline`), so the pool has one worker fewer than
+  // --threads: each worker is a V8 isolate (~10 MiB, and its start-up). Small young
+  // generations: the workers allocate little (their data is on shared memory).
+  const { pool, ready } = ChunkPool.start({ threads: Math.max(1, threads - 1), resourceLimits: { maxYoungGenerationSizeMb: 2 } });
   let writer: BlobWriter;
   try {
     writer = new BlobWriter({ dir: opts.blobDir, compressor, digester, chunkSize, toc: opts.blobToc ?? true });
@@ -177,7 +183,7 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
     await pool.close();
     throw e;
   }
-  const sink = new ChunkSink(pool, writer, newSlot, chunkSize, compressor, digester, { onProgress: opts.onProgress });
+  const sink = new ChunkSink(pool, writer, newSlot, chunkSize, compressor, digester, { onProgress: opts.onProgress, inline: true });
   // Dedup sources: parent chunks, then the chunk dict (which wins, as in nydus-image).
   if (parent) for (const { node } of walkTree(parent.root)) for (const c of node.inode.chunks) sink.dedup.set(dedupKey(c.digest, c.uncompressedSize), c);
   if (dict) {
@@ -235,6 +241,7 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
     }
     await sink.drain();
     await ready;
+    sink.release();
   } catch (e) {
     await sink.cancel(e);
     writer.abort();
@@ -262,21 +269,25 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
     root = layer;
   }
   let blobs: BlobEntry[];
-  let boot: ReturnType<typeof writeBootstrap>;
+  let boot: BootstrapFileOutput;
   let tLaidOut = 0;
+  let tPersisted = 0;
   try {
     blobs = compactBlobs(root, slots);
     const allDigests = blobs.length > 0 && blobs.every((b) => (b.features & BlobFeature.INLINED_CHUNK_DIGEST) !== 0);
-    boot = writeBootstrap({ root, blobs, chunkSize, flags: superFlagsFor(compressor, digester, allDigests), prefetchPaths: opts.prefetchPatterns });
-    tLaidOut = performance.now();
-    if (finished) await writer.persist();
+    const input = { root, blobs, chunkSize, flags: superFlagsFor(compressor, digester, allDigests), prefetchPaths: opts.prefetchPatterns };
+    // Written under a temporary name while the blob's fsync ends; named after the blob is.
+    boot = await writeAtomically(opts.bootstrap, async (fd) => {
+      const b = writeBootstrapFile(input, fd);
+      tLaidOut = performance.now();
+      if (finished) await writer.persist();
+      tPersisted = performance.now();
+      return b;
+    });
   } catch (e) {
     writer.abort();
     throw e;
   }
-  // The blob has its name before the bootstrap that refers to it appears.
-  const tPersisted = performance.now();
-  writeFileAtomic(opts.bootstrap, boot.data);
   const t1 = performance.now();
 
   const blobSizes: BuildReport['stats']['blob_sizes'] = {};
@@ -298,8 +309,8 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
         build_bootstrap: (tDump - tBuild) / 1000,
         dump_blob: (tDump - tBuild) / 1000,
         dump_bootstrap: (t1 - tDump) / 1000,
-        // where the time goes after the data (bench/README.md): stopping the workers, laying out
-        // the bootstrap, waiting for the blob's fsync, writing the bootstrap (with its fsync)
+        // after the data (bench/README.md): stopping the workers; laying out and writing the
+        // bootstrap; waiting for the blob's fsync; the bootstrap's fsync and rename
         stop_workers: (tDump - tDrained) / 1000,
         layout_bootstrap: (tLaidOut - tDump) / 1000,
         blob_sync_wait: (tPersisted - tLaidOut) / 1000,
@@ -322,7 +333,7 @@ export async function createImage(opts: CreateOptions): Promise<BuildReport> {
       dedup_uncompressed_size: s.dedupBytes,
       blob_compressed_size: finished?.entry.compressedSize ?? 0,
       blob_uncompressed_size: finished?.entry.uncompressedSize ?? 0,
-      bootstrap_size: boot.data.length,
+      bootstrap_size: boot.size,
       blob_sizes: blobSizes,
     },
   };

@@ -12,10 +12,11 @@
  * waits (bench/README.md, "Build pipeline").
  */
 import { ChunkPool, ProcessedChunk } from '../codec/chunk-pool';
-import { compressSlack } from '../codec/compress';
+import { processSharedChunks } from '../codec/shared-chunks';
 import { CompressorName, DigesterName } from '../format/constants';
-import { ChunkRef, Inode } from '../tree/node';
+import { ChunkRef, Inode, NO_CHUNKS } from '../tree/node';
 import { BlobWriter } from '../blob/blob-writer';
+import { ChunkAt } from '../blob/chunk-table';
 import { NydusError } from '../errors';
 
 export interface SinkStats {
@@ -45,9 +46,9 @@ const SLOT_MIN_BYTES = 1 << 20;
 /** The ring's memory, at most (unless the chunk size forces more: at least threads + 1 slots). */
 const RING_MAX_BYTES = 64 << 20;
 
-/** Digest and size key of the dedup map: the raw digest bytes as a one-byte string. */
-export function dedupKey(digest: Uint8Array, size: number): string {
-  return Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength).toString('latin1') + size;
+/** Digest and size key of the dedup map: the raw digest bytes as a one-byte string, then the size. */
+export function dedupKey(digest: Buffer, size: number): string {
+  return digest.toString('latin1') + size;
 }
 
 interface SlotChunk {
@@ -56,27 +57,35 @@ interface SlotChunk {
   size: number;
 }
 
-/** One unit of work: input, output, digests and compressed sizes on one SharedArrayBuffer. */
+/**
+ * One unit of work: chunk bytes (compressed in place by the worker), digests and compressed
+ * sizes, on one SharedArrayBuffer.
+ */
 class Slot {
-  readonly input: Buffer;
-  readonly output: Buffer;
+  readonly data: Buffer;
   readonly digests: Buffer;
   readonly csizes: Int32Array;
   fill = 0;
   chunks: SlotChunk[] = [];
 
-  constructor(readonly capacity: number, slack: number) {
-    const outCap = capacity + slack;
-    const sab = new SharedArrayBuffer(capacity + outCap + 32 * SLOT_MAX_CHUNKS + 4 * SLOT_MAX_CHUNKS);
-    this.input = Buffer.from(sab, 0, capacity);
-    this.output = Buffer.from(sab, capacity, outCap);
-    this.digests = Buffer.from(sab, capacity + outCap, 32 * SLOT_MAX_CHUNKS);
-    this.csizes = new Int32Array(sab, capacity + outCap + 32 * SLOT_MAX_CHUNKS, SLOT_MAX_CHUNKS);
+  constructor(readonly capacity: number) {
+    const sab = new SharedArrayBuffer(capacity + 32 * SLOT_MAX_CHUNKS + 4 * SLOT_MAX_CHUNKS);
+    this.data = Buffer.from(sab, 0, capacity);
+    this.digests = Buffer.from(sab, capacity, 32 * SLOT_MAX_CHUNKS);
+    this.csizes = new Int32Array(sab, capacity + 32 * SLOT_MAX_CHUNKS, SLOT_MAX_CHUNKS);
   }
 
   fits(size: number): boolean {
     return this.fill + size <= this.capacity && this.chunks.length < SLOT_MAX_CHUNKS;
   }
+}
+
+/** A full slot waiting for a worker (or for this thread); `resolve` when it is processed. */
+interface Backlogged {
+  slot: Slot;
+  sizes: number[];
+  resolve: () => void;
+  reject: (e: unknown) => void;
 }
 
 /** Committed in order: a slot's chunks, or one hole chunk (all zeros, processed once per size). */
@@ -85,15 +94,22 @@ type Pending =
   | { slot: null; inode: Inode; k: number; size: number; result: Promise<ProcessedChunk> };
 
 export interface ChunkSinkOptions {
-  /** slots in the ring (default: twice the pool's threads plus two, within 64 MiB) */
+  /** slots in the ring (default: the compressing threads plus two, within 64 MiB) */
   slots?: number;
+  /**
+   * Digest and compress a full slot on this thread when the pool has its next task queued
+   * already: this thread is one of the compressors (one worker fewer for the same cores).
+   */
+  inline?: boolean;
   onProgress?: (s: SinkStats) => void;
 }
 
 export class ChunkSink {
   readonly stats: SinkStats = { files: 0, bytesIn: 0, chunks: 0, newChunks: 0, dedupChunks: 0, dedupBytes: 0, newUncompressedBytes: 0 };
-  /** digest:size -> an existing chunk (parent layers, chunk dict, this build) */
+  /** dedupKey -> a chunk of the parent layers or the chunk dict (this build's own are in the writer's table) */
   readonly dedup = new Map<string, ChunkRef>();
+  /** this build's chunks by ci index, as first referred to (later references at the same file offset share them) */
+  private readonly firstRefs: ChunkAt[] = [];
   private readonly free: Slot[] = [];
   private open: Slot | null = null;
   private readonly queue: Pending[] = [];
@@ -105,6 +121,9 @@ export class ChunkSink {
   private readonly onProgress?: (s: SinkStats) => void;
   /** the chunk being filled by a source (reserve() .. filled()) */
   private reserved: SlotChunk | null = null;
+  private readonly inline: boolean;
+  /** full slots no worker has taken yet, newest first */
+  private readonly backlog: Backlogged[] = [];
 
   constructor(
     private readonly pool: ChunkPool,
@@ -117,11 +136,13 @@ export class ChunkSink {
     opts: ChunkSinkOptions = {},
   ) {
     this.onProgress = opts.onProgress;
+    this.inline = opts.inline ?? false;
     const capacity = Math.max(chunkSize, SLOT_MIN_BYTES);
-    const slack = Math.max(compressSlack(compressor, capacity), 0);
-    const perSlot = 2 * capacity + slack;
-    const n = opts.slots ?? Math.max(pool.threads + 1, Math.min(2 * pool.threads + 2, Math.floor(RING_MAX_BYTES / perSlot)));
-    for (let i = 0; i < Math.max(2, n); i++) this.free.push(new Slot(capacity, slack));
+    // A slot per compressor (the workers and, inline, this thread), one being filled, one
+    // queued: more did not build faster (bench/README.md) and each is a chunk of memory.
+    const compressors = pool.threads + (this.inline ? 1 : 0);
+    const n = opts.slots ?? Math.max(compressors + 1, Math.min(compressors + 2, Math.floor(RING_MAX_BYTES / capacity)));
+    for (let i = 0; i < Math.max(2, n); i++) this.free.push(new Slot(capacity));
   }
 
   /**
@@ -132,7 +153,7 @@ export class ChunkSink {
   async addFileFrom(inode: Inode, read: (dst: Buffer, fileOffset: number) => void, isHole?: (fileOffset: number, n: number) => boolean): Promise<void> {
     const cs = this.chunkSize;
     const n = Math.ceil(inode.size / cs);
-    inode.chunks = new Array(n);
+    inode.chunks = n ? new Array(n) : NO_CHUNKS;
     for (let k = 0; k < n; k++) {
       const off = k * cs;
       const size = Math.min(cs, inode.size - off);
@@ -154,7 +175,7 @@ export class ChunkSink {
    */
   async addFile(inode: Inode, body: AsyncIterable<Buffer>, where: string): Promise<void> {
     const cs = this.chunkSize;
-    inode.chunks = new Array(Math.ceil(inode.size / cs));
+    inode.chunks = inode.size ? new Array(Math.ceil(inode.size / cs)) : NO_CHUNKS;
     let k = 0;
     let total = 0;
     let dst: Buffer | null = null;
@@ -195,7 +216,7 @@ export class ChunkSink {
   /** Room for chunk k of `inode` in the open slot (the caller checked that it fits). */
   private reserve(inode: Inode, k: number, size: number): Buffer {
     const slot = this.open!;
-    const dst = slot.input.subarray(slot.fill, slot.fill + size);
+    const dst = slot.data.subarray(slot.fill, slot.fill + size);
     this.reserved = { inode, k, size };
     return dst;
   }
@@ -205,13 +226,29 @@ export class ChunkSink {
     if (this.reserved) throw new Error('internal: a chunk is still being filled');
     if (!this.open?.fits(size)) {
       this.submitOpen();
+      // Let the workers' answers in: a worker that finished waits for its next task.
+      await new Promise<void>((r) => setImmediate(r));
+      if (this.error) throw this.error;
       while (!this.free.length) {
-        await new Promise<void>((r) => (this.waiter = r));
+        // Rather than wait, this thread processes a full slot the workers have not taken yet.
+        if (this.inline && this.backlog.length) await this.processHere(this.backlog.pop()!);
+        else await new Promise<void>((r) => (this.waiter = r));
         if (this.error) throw this.error;
       }
       this.open = this.free.pop()!;
     }
     return this.reserve(inode, k, size);
+  }
+
+  /** Process a backlogged slot on this thread, then let the workers' answers in. */
+  private async processHere(b: Backlogged): Promise<void> {
+    try {
+      processSharedChunks(b.slot, b.sizes, this.compressor, this.digester);
+      b.resolve();
+    } catch (e) {
+      b.reject(e);
+    }
+    await new Promise<void>((r) => setImmediate(r));
   }
 
   /** The reserved chunk holds its bytes now. */
@@ -228,6 +265,11 @@ export class ChunkSink {
     this.reserved = null;
   }
 
+  /**
+   * Queue the open slot for processing: to a worker while the pool has room for its next task
+   * (each worker one running, one queued), else to the backlog, which the workers take from as
+   * they finish and this thread works off when it would otherwise wait (reserveAsync, drain).
+   */
   private submitOpen(): void {
     const slot = this.open;
     this.open = null;
@@ -236,9 +278,35 @@ export class ChunkSink {
       this.free.push(slot);
       return;
     }
-    const done = this.pool.processShared(slot, slot.chunks.map((c) => c.size), this.compressor, this.digester);
+    const sizes = slot.chunks.map((c) => c.size);
+    let done: Promise<void>;
+    if (!this.inline || this.pool.pending < 2 * this.pool.threads) {
+      done = this.toPool(slot, sizes);
+    } else {
+      let resolve!: () => void;
+      let reject!: (e: unknown) => void;
+      done = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      this.backlog.unshift({ slot, sizes, resolve, reject });
+    }
     done.catch(() => undefined); // surfaced by the commit loop
     this.push({ slot, done });
+  }
+
+  private toPool(slot: Slot, sizes: number[]): Promise<void> {
+    const done = this.pool.processShared(slot, sizes, this.compressor, this.digester);
+    // a worker is free for the next task: the oldest backlogged slot
+    void done.then(() => this.feedPool(), () => undefined);
+    return done;
+  }
+
+  private feedPool(): void {
+    while (this.backlog.length && this.pool.pending < 2 * this.pool.threads) {
+      const b = this.backlog.pop()!;
+      this.toPool(b.slot, b.sizes).then(b.resolve, b.reject);
+    }
   }
 
   private async addZero(inode: Inode, k: number, size: number): Promise<void> {
@@ -293,53 +361,67 @@ export class ChunkSink {
   }
 
   private commitSlot(slot: Slot): void {
-    let inOff = 0;
-    let outOff = 0;
-    slot.chunks.forEach((c, i) => {
-      const digest = slot.digests.subarray(32 * i, 32 * i + 32);
-      const csize = slot.csizes[i];
-      let data: Buffer;
-      if (csize >= 0) {
-        data = slot.output.subarray(outOff, outOff + csize);
-        outOff += csize;
-      } else {
-        data = slot.input.subarray(inOff, inOff + c.size);
+    let off = 0;
+    const { chunks, csizes, digests } = slot;
+    for (let i = 0; i < chunks.length; i++) {
+      const c = chunks[i];
+      const csize = csizes[i];
+      if (!this.commitHit(digests, 32 * i, c.inode, c.k, c.size)) {
+        // a view of the slot only for a chunk that goes into the blob
+        const data = slot.data.subarray(off, off + (csize >= 0 ? csize : c.size));
+        this.commitNew(digests, 32 * i, c.inode, c.k, c.size, data, csize >= 0);
       }
-      inOff += c.size;
-      this.commitOne(c.inode, c.k, c.size, digest, data, csize >= 0);
-    });
+      off += c.size;
+    }
     // The writer holds views of this slot until it has written them.
     this.writer.flush();
   }
 
   private commitOne(inode: Inode, k: number, size: number, digest: Buffer, data: Buffer, compressed: boolean): void {
-    const key = dedupKey(digest, size);
+    if (!this.commitHit(digest, 0, inode, k, size)) this.commitNew(digest, 0, inode, k, size, data, compressed);
+  }
+
+  /**
+   * Is chunk k of `inode` (digest at src[off, +32)) one the image has already: from the parent
+   * or chunk dict (`dedup`), or written by this build (the writer's table)?
+   */
+  private commitHit(src: Buffer, off: number, inode: Inode, k: number, size: number): boolean {
+    const fileOffset = k * this.chunkSize;
+    let ref: ChunkRef | undefined;
+    if (this.dedup.size) {
+      const hit = this.dedup.get(src.toString('latin1', off, off + 32) + size);
+      if (hit) ref = hit.fileOffset === fileOffset ? hit : { ...hit, fileOffset };
+    }
+    if (!ref) {
+      const ci = this.writer.table.find(src, off, size);
+      if (ci < 0) return false;
+      const first = this.firstRefs[ci];
+      ref = first.fileOffset === fileOffset ? first : new ChunkAt(this.writer.table, ci, this.blobSlot, fileOffset);
+    }
+    this.stats.chunks++;
+    this.stats.dedupChunks++;
+    this.stats.dedupBytes += size;
+    inode.chunks[k] = ref;
+    if (this.onProgress && (this.stats.chunks & 63) === 0) this.onProgress(this.stats);
+    return true;
+  }
+
+  private commitNew(src: Buffer, off: number, inode: Inode, k: number, size: number, data: Buffer, compressed: boolean): void {
     const fileOffset = k * this.chunkSize;
     this.stats.chunks++;
-    const hit = this.dedup.get(key);
-    if (hit) {
-      this.stats.dedupChunks++;
-      this.stats.dedupBytes += size;
-      inode.chunks[k] = hit.fileOffset === fileOffset ? hit : { ...hit, fileOffset };
-    } else {
-      const own = Buffer.from(digest); // the slot's copy is overwritten by the next task
-      const c = this.writer.addChunk(data, compressed, size, own);
-      const ref: ChunkRef = {
-        blobIndex: this.blobSlot, ciIndex: c.index, digest: own, compressedOffset: c.compressedOffset,
-        compressedSize: c.compressedSize, uncompressedOffset: c.uncompressedOffset,
-        uncompressedSize: c.uncompressedSize, compressed: c.compressed, fileOffset,
-      };
-      this.dedup.set(key, ref);
-      this.stats.newChunks++;
-      this.stats.newUncompressedBytes += size;
-      inode.chunks[k] = ref;
-    }
+    const ci = this.writer.append(data, compressed, size, src, off);
+    const ref = new ChunkAt(this.writer.table, ci, this.blobSlot, fileOffset);
+    this.firstRefs[ci] = ref;
+    this.stats.newChunks++;
+    this.stats.newUncompressedBytes += size;
+    inode.chunks[k] = ref;
     if (this.onProgress && (this.stats.chunks & 63) === 0) this.onProgress(this.stats);
   }
 
   /** Stop committing (after a failure elsewhere) and wait for the commit loop to go idle. */
   async cancel(reason: unknown): Promise<void> {
     this.error ??= reason;
+    for (const b of this.backlog.splice(0)) b.reject(reason);
     this.reserved = null;
     if (this.open) {
       this.free.push(this.open);
@@ -351,9 +433,28 @@ export class ChunkSink {
     w?.();
   }
 
+  /**
+   * After drain(): give back the ring and the dedup table (the rest of the build lays out the
+   * bootstrap and needs neither; a 10× tree's peak memory is at that point).
+   */
+  release(): void {
+    if (this.committing || this.queue.length) throw new Error('internal: ChunkSink.release() before drain()');
+    this.free.length = 0;
+    this.open = null;
+    this.dedup.clear();
+    this.zeroChunks.clear();
+    this.firstRefs.length = 0;
+  }
+
   /** Wait until every submitted chunk is committed; rethrows the first failure. */
   async drain(): Promise<void> {
     if (!this.error) this.submitOpen();
+    while (this.backlog.length) {
+      // newest here, oldest to the workers as they finish (feedPool)
+      const b = this.backlog.shift()!;
+      if (this.error) b.reject(this.error);
+      else await this.processHere(b);
+    }
     while (this.committing) await this.committing;
     if (this.error) throw this.error;
     this.onProgress?.(this.stats);

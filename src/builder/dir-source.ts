@@ -3,7 +3,7 @@
  * for chunking. Paths are handled as raw bytes so non-UTF-8 names survive.
  */
 import * as fs from 'node:fs';
-import { TreeNode, Inode, newInode, splitPath, nameKey, NO_XATTRS, KeyedNode } from '../tree/node';
+import { TreeNode, Inode, splitPath, nameKey, NO_XATTRS, NO_CHUNKS, KeyedNode } from '../tree/node';
 import { S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK } from '../format/constants';
 import { llistxattr, lgetxattr, devMajor, devMinor, lseek, SEEK_DATA } from '../sys/native';
 import { zeroView } from './chunk-sink';
@@ -11,23 +11,43 @@ import { NydusError } from '../errors';
 import { storableXattrs } from './xattrs';
 
 export interface DirFile {
-  path: Buffer;
+  /** the path to open (a string when its bytes are ASCII, raw bytes otherwise) */
+  path: Buffer | string;
+  /** the path for messages (UTF-8 decoded) */
   display: string;
   inode: Inode;
   /** st_blocks (512-byte units), to spot sparse files */
   blocks: number;
 }
 
-const SLASH = Buffer.from('/');
-function join(a: Buffer, b: Buffer): Buffer {
-  return Buffer.concat([a, SLASH, b]);
+/** A regular file found by the walk; its display path is made only when a message needs it. */
+class FoundFile implements DirFile {
+  constructor(readonly path: Buffer | string, private readonly dir: string, private readonly key: string, readonly inode: Inode, readonly blocks: number) {}
+  get display(): string {
+    return displayOf(this.dir, this.key);
+  }
 }
 
-function readXattrs(p: Buffer, display: string, warn: (m: string) => void): Map<string, Buffer> {
+const SLASH = Buffer.from('/');
+const ASCII = /^[\x01-\x7f]*$/;
+
+/** `dir/key` as fs takes it: a string while every byte is ASCII (no Buffer per entry), else bytes. */
+function join(dir: Buffer | string, key: string): Buffer | string {
+  if (typeof dir === 'string' && ASCII.test(key)) return dir + '/' + key;
+  return Buffer.concat([typeof dir === 'string' ? Buffer.from(dir) : dir, SLASH, Buffer.from(key, 'latin1')]);
+}
+
+/** The display path of entry `key` of the directory displayed as `dir` (for messages only). */
+function displayOf(dir: string, key: string): string {
+  return key === '' ? dir : dir + '/' + Buffer.from(key, 'latin1').toString();
+}
+
+function readXattrs(p: Buffer | string, dir: string, key: string, warn: (m: string) => void): Map<string, Buffer> {
   let names: string[];
   try {
     names = llistxattr(p);
   } catch (e) {
+    const display = displayOf(dir, key);
     throw new NydusError('ERR_IO', `${display}: cannot list xattrs: ${(e as Error).message}`, { path: display }, { cause: e });
   }
   if (!names.length) return NO_XATTRS;
@@ -41,18 +61,26 @@ function readXattrs(p: Buffer, display: string, warn: (m: string) => void): Map<
       throw e;
     }
   }
-  return storableXattrs(m, display, warn);
+  return storableXattrs(m, displayOf(dir, key), warn);
 }
 
-function inodeFromStat(st: fs.BigIntStats, p: Buffer, display: string, warn: (m: string) => void): Inode {
+const NS = 1_000_000_000n;
+
+/** `dir` and `key` name the entry in messages (see displayOf; key '' for the root). */
+function inodeFromStat(st: fs.BigIntStats, p: Buffer | string, dir: string, key: string, warn: (m: string) => void): Inode {
   const mode = Number(st.mode);
   const mtimeNs = st.mtimeNs;
-  const mtime = Number(mtimeNs / 1_000_000_000n) - (mtimeNs < 0n && mtimeNs % 1_000_000_000n !== 0n ? 1 : 0);
-  const nsec = Number(((mtimeNs % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n);
-  const inode = newInode(mode, {
-    uid: Number(st.uid), gid: Number(st.gid), mtime, mtimeNsec: nsec,
-    xattrs: readXattrs(p, display, warn),
-  });
+  let sec = mtimeNs / NS;
+  let nsec = mtimeNs - sec * NS;
+  if (nsec < 0n) {
+    sec -= 1n;
+    nsec += NS;
+  }
+  // One literal, one shape; no per-inode empty Map or array (NO_XATTRS, NO_CHUNKS).
+  const inode: Inode = {
+    mode, uid: Number(st.uid), gid: Number(st.gid), mtime: Number(sec), mtimeNsec: Number(nsec), size: 0,
+    rdevMajor: 0, rdevMinor: 0, xattrs: readXattrs(p, dir, key, warn), chunks: NO_CHUNKS,
+  };
   const type = mode & S_IFMT;
   if (type === S_IFREG) inode.size = Number(st.size);
   if (type === S_IFLNK) {
@@ -98,23 +126,22 @@ export function scanDirectory(rootPath: string, prefetch: string[] = [], warn: (
  * files while the walk goes on. `root` is the tree, complete once `files` is exhausted.
  */
 export function walkDirectory(rootPath: string, warn: (m: string) => void = () => undefined): { root: TreeNode; files: Generator<DirFile, void> } {
-  const rootBuf = Buffer.from(rootPath);
   let st: fs.BigIntStats;
   try {
-    st = fs.lstatSync(rootBuf, { bigint: true });
+    st = fs.lstatSync(rootPath, { bigint: true });
   } catch (e) {
     throw new NydusError('ERR_INVALID_ARGUMENT', `source directory ${rootPath}: ${(e as Error).message}`, { path: rootPath });
   }
   if ((Number(st.mode) & S_IFMT) !== S_IFDIR) throw new NydusError('ERR_INVALID_ARGUMENT', `source ${rootPath} is not a directory`, { path: rootPath });
-  const root: TreeNode = { name: Buffer.from('/'), inode: inodeFromStat(st, rootBuf, rootPath, warn), children: new Map() };
-  return { root, files: walk(root, rootBuf, rootPath, warn) };
+  const root: TreeNode = { name: Buffer.from('/'), inode: inodeFromStat(st, rootPath, rootPath, '', warn), children: new Map() };
+  return { root, files: walk(root, rootPath, warn) };
 }
 
-function* walk(root: TreeNode, rootBuf: Buffer, rootPath: string, warn: (m: string) => void): Generator<DirFile, void> {
+function* walk(root: TreeNode, rootPath: string, warn: (m: string) => void): Generator<DirFile, void> {
   const links = new Map<string, Inode>();
   const seenFiles = new Set<Inode>();
-  // Breadth-first so data order matches nydus' BFS dump.
-  let level: { node: TreeNode; path: Buffer; rel: string }[] = [{ node: root, path: rootBuf, rel: '' }];
+  // Breadth-first so data order matches nydus' BFS dump. `display`: the directory for messages.
+  let level: { node: TreeNode; path: Buffer | string; display: string }[] = [{ node: root, path: rootPath, display: rootPath }];
   while (level.length) {
     const next: typeof level = [];
     for (const dir of level) {
@@ -124,15 +151,12 @@ function* walk(root: TreeNode, rootBuf: Buffer, rootPath: string, warn: (m: stri
       try {
         keys = fs.readdirSync(dir.path, { encoding: 'latin1' });
       } catch (e) {
-        throw new NydusError('ERR_IO', `${rootPath}${dir.rel || '/'}: cannot read directory: ${(e as Error).message}`, { path: dir.rel });
+        throw new NydusError('ERR_IO', `${dir.display}: cannot read directory: ${(e as Error).message}`, { path: dir.display });
       }
       keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
       const found: DirFile[] = [];
       for (const key of keys) {
-        // from node's shared pool (readdir's own Buffers have a backing store each)
-        const name = Buffer.from(key, 'latin1');
-        const p = join(dir.path, name);
-        const rel = dir.rel + '/' + name.toString();
+        const p = join(dir.path, key);
         const cst = fs.lstatSync(p, { bigint: true });
         const type = Number(cst.mode) & S_IFMT;
         let inode: Inode;
@@ -140,7 +164,7 @@ function* walk(root: TreeNode, rootBuf: Buffer, rootPath: string, warn: (m: stri
         if (linkKey && links.has(linkKey)) {
           inode = links.get(linkKey)!;
         } else {
-          inode = inodeFromStat(cst, p, rootPath + rel, warn);
+          inode = inodeFromStat(cst, p, dir.display, key, warn);
           if (linkKey) links.set(linkKey, inode);
         }
         const node = new KeyedNode(key, inode);
@@ -148,10 +172,10 @@ function* walk(root: TreeNode, rootBuf: Buffer, rootPath: string, warn: (m: stri
         if (type === S_IFDIR) {
           // Another filesystem mounted here is included, like `cp -a` would.
           node.children = new Map();
-          next.push({ node, path: p, rel });
+          next.push({ node, path: p, display: displayOf(dir.display, key) });
         } else if (type === S_IFREG && !seenFiles.has(inode)) {
           if (linkKey) seenFiles.add(inode);
-          found.push({ path: p, display: rootPath + rel, inode, blocks: Number(cst.blocks) });
+          found.push(new FoundFile(p, dir.display, key, inode, Number(cst.blocks)));
         }
       }
       // A directory's entries are all in the tree before its files are handed out.
@@ -169,19 +193,18 @@ function* walk(root: TreeNode, rootBuf: Buffer, rootPath: string, warn: (m: stri
  * SEEK_DATA; such chunks are not read). Call `close()` in any case.
  */
 export function openDirFile(f: DirFile): { read: (dst: Buffer, offset: number) => void; isHole?: (offset: number, n: number) => boolean; close: () => void } {
-  const display = f.display;
   let fd: number;
   try {
     fd = fs.openSync(f.path, 'r');
   } catch (e) {
-    throw new NydusError('ERR_IO', `${display}: cannot open: ${(e as Error).message}`, { path: display });
+    throw new NydusError('ERR_IO', `${f.display}: cannot open: ${(e as Error).message}`, { path: f.display });
   }
   const size = f.inode.size;
   const read = (dst: Buffer, offset: number): void => {
     let got = 0;
     while (got < dst.length) {
       const n = fs.readSync(fd, dst, got, dst.length - got, offset + got);
-      if (n === 0) throw new NydusError('ERR_IO', `${display}: file shrank while building (expected ${size} bytes)`, { path: display });
+      if (n === 0) throw new NydusError('ERR_IO', `${f.display}: file shrank while building (expected ${size} bytes)`, { path: f.display });
       got += n;
     }
   };
@@ -191,7 +214,7 @@ export function openDirFile(f: DirFile): { read: (dst: Buffer, offset: number) =
     let nextData = 0; // next offset known to hold data (SEEK_DATA), or Infinity past the last
     isHole = (offset, n) => {
       if (nextData < offset) {
-        const d = lseek(fd, offset, SEEK_DATA, display);
+        const d = lseek(fd, offset, SEEK_DATA, f.display);
         nextData = d < 0 ? Infinity : d;
       }
       return nextData >= offset + n;
@@ -205,7 +228,7 @@ export function openDirFile(f: DirFile): { read: (dst: Buffer, offset: number) =
  * hole of a sparse file are not read: they come as `zeroView(n)`. (The builder itself reads
  * through openDirFile() into its ring; this serves tools and the benchmark's breakdown.)
  */
-export async function* readFileChunks(p: Buffer, size: number, chunkSize: number, display: string, blocks?: number): AsyncGenerator<Buffer> {
+export async function* readFileChunks(p: Buffer | string, size: number, chunkSize: number, display: string, blocks?: number): AsyncGenerator<Buffer> {
   const f = openDirFile({ path: p, display, inode: { size } as Inode, blocks: blocks ?? Math.ceil(size / 512) });
   try {
     for (let pos = 0; pos < size; pos += chunkSize) {

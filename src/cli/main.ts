@@ -63,7 +63,9 @@ export function buildProgram(): Command {
     .option('--threads <n>', 'worker threads for hashing and compression (default: CPU count)')
     .option('-J, --output-json <file>', "write the build report as JSON ('-' = stdout)")
     .action(async (source: string, o) => {
-      const { createImage, parseChunkSize } = await import('../builder/build');
+      // the build runs on a thread of its own (src/builder/build-thread.ts: bounded memory)
+      const { createImageOnThread } = await import('../builder/build-thread');
+      const { parseChunkSize } = await import('../builder/chunk-size');
       let type: SourceType = 'dir';
       const t = (o.type as string | undefined)?.replace(/-rafs$/, '');
       if (t) type = t as SourceType;
@@ -71,7 +73,7 @@ export function buildProgram(): Command {
       else if (fs.existsSync(source) && fs.statSync(source).isFile()) type = /\.(tgz|gz)$/.test(source) ? 'targz' : 'tar';
       const prog = new Progress('create');
       // --prefetch-list: build, then rewrite the new blob in start-up order (src/optimize/create-optimized.ts)
-      const build = o.prefetchList ? (await import('../optimize/create-optimized')).createOptimized(o.prefetchList, o.prefetchPatterns !== undefined) : createImage;
+      const build = o.prefetchList ? (await import('../optimize/create-optimized')).createOptimized(o.prefetchList, o.prefetchPatterns !== undefined) : createImageOnThread;
       const report = await build({
         type, source, bootstrap: o.bootstrap, blobDir: o.blobDir, chunkSize: parseChunkSize(o.chunkSize),
         compressor: o.compressor as CompressorName, digester: o.digester as DigesterName,

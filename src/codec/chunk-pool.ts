@@ -32,9 +32,10 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { BadBlobError, DigestMismatchError, NydusError, invalidArgument, type ErrorCode } from '../errors';
+import { NydusError, invalidArgument } from '../errors';
 import type { CompressorName, DigesterName } from '../format/constants';
-import type { SerializedError, WorkerMessage, WorkerRequest } from './chunk-worker';
+import type { WorkerMessage, WorkerRequest } from './chunk-worker';
+import { reviveError } from './thread-errors';
 
 export interface ProcessedChunk {
   /** Digest of the uncompressed data. */
@@ -51,6 +52,8 @@ export interface ChunkPoolOptions {
   threads?: number;
   /** Tasks handed to one worker at a time; default 2. */
   maxInFlightPerWorker?: number;
+  /** V8 limits of each worker (node's defaults when absent; the builder keeps them small) */
+  resourceLimits?: import('node:worker_threads').ResourceLimits;
 }
 
 export interface SubmitOptions {
@@ -97,21 +100,6 @@ function toBuffer(u8: Uint8Array): Buffer {
   return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 }
 
-function reviveError(e: SerializedError): Error {
-  let err: Error;
-  const ctx = e.context ?? {};
-  if (e.name === 'BadBlobError') err = new BadBlobError(e.message, ctx);
-  else if (e.name === 'DigestMismatchError') err = new DigestMismatchError(e.message, ctx);
-  else if (e.code) {
-    err = new NydusError(e.code as ErrorCode, e.message, ctx);
-    err.name = e.name;
-  } else {
-    err = new Error(e.message);
-    err.name = e.name;
-  }
-  if (e.stack) err.stack = `${e.stack}\n    -- in chunk worker, rethrown in main thread --\n${err.stack?.split('\n').slice(1).join('\n') ?? ''}`;
-  return err;
-}
 
 export class ChunkPool {
   /** Number of worker threads. */
@@ -128,7 +116,7 @@ export class ChunkPool {
   private zeroBuf: Buffer = Buffer.alloc(0);
   private readonly zeroCache = new Map<string, Promise<ProcessedChunk>>();
 
-  private constructor(threads: number, maxInFlight: number) {
+  private constructor(threads: number, maxInFlight: number, private readonly resourceLimits?: import('node:worker_threads').ResourceLimits) {
     this.threads = threads;
     this.maxInFlight = maxInFlight;
   }
@@ -156,7 +144,7 @@ export class ChunkPool {
     const threads = Math.max(1, Math.floor(requested));
     const mif = opts.maxInFlightPerWorker ?? 2;
     if (!Number.isInteger(mif) || mif < 1) throw invalidArgument(`ChunkPool: invalid maxInFlightPerWorker ${mif}`);
-    const pool = new ChunkPool(threads, mif);
+    const pool = new ChunkPool(threads, mif, opts.resourceLimits);
     const started: Promise<void>[] = [];
     for (let i = 0; i < threads; i++) started.push(pool.spawn());
     const ready = Promise.all(started).then(() => undefined);
@@ -244,23 +232,24 @@ export class ChunkPool {
   }
 
   /**
-   * Digest and compress the chunks laid out back to back in `views.input`, in place on shared
-   * memory (SharedArrayBuffer views; layout and results as ProcessSharedRequest in
-   * chunk-worker.ts): nothing is copied or allocated per chunk in either direction. The caller
-   * owns the memory and must not touch it until the promise settles.
+   * Digest and compress the chunks laid out back to back in `views.data`, in place on shared
+   * memory (SharedArrayBuffer views; results as ProcessSharedRequest in chunk-worker.ts): a
+   * chunk that compresses is overwritten by its compressed bytes. Nothing is copied or
+   * allocated per chunk in either direction. The caller owns the memory and must not touch it
+   * until the promise settles.
    */
   processShared(
-    views: { input: Uint8Array; output: Uint8Array; digests: Uint8Array; csizes: Int32Array },
+    views: { data: Uint8Array; digests: Uint8Array; csizes: Int32Array },
     sizes: number[],
     compressor: CompressorName,
     digester: DigesterName,
   ): Promise<void> {
     if (this.closed) return Promise.reject(this.closedError('processShared'));
-    for (const v of [views.input, views.output, views.digests, views.csizes]) {
+    const { data, digests, csizes } = views; // only these go into the message
+    for (const v of [data, digests, csizes]) {
       if (!(v.buffer instanceof SharedArrayBuffer)) return Promise.reject(invalidArgument('ChunkPool.processShared: every view must be on a SharedArrayBuffer'));
     }
-    const { input, output, digests, csizes } = views; // only these go into the message
-    return this.submit({ id: 0, op: 'processShared', input, output, digests, csizes, sizes, compressor, digester }, []).then(() => undefined);
+    return this.submit({ id: 0, op: 'processShared', data, digests, csizes, sizes, compressor, digester }, []).then(() => undefined);
   }
 
   /** Resolves once at most `limit` tasks are pending (default 0: everything settled). */
@@ -352,7 +341,7 @@ export class ChunkPool {
   }
 
   private spawn(): Promise<void> {
-    const worker = new Worker(WORKER_FILE);
+    const worker = new Worker(WORKER_FILE, this.resourceLimits ? { resourceLimits: this.resourceLimits } : {});
     const slot: Slot = { worker, ready: false, referenced: true, inflight: new Map() };
     this.slots.push(slot);
     return new Promise<void>((resolveReady, rejectReady) => {

@@ -7,10 +7,10 @@
  *                    the outputs back to back in `data`, and per input `sizes` and `flags`)
  *                  { id, op: 'decompress', data, compressor, compressed, uncompressedSize,
  *                    digester, expected }
- *                  { id, op: 'processShared', input, output, digests, csizes, sizes, compressor,
- *                    digester }  (every view on shared memory the caller owns: the worker
- *                    writes digests, compressed bytes and sizes there and answers with an
- *                    empty `data`; nothing is copied through the message)
+ *                  { id, op: 'processShared', data, digests, csizes, sizes, compressor, digester }
+ *                    (views of shared memory the caller owns: the worker writes digests,
+ *                    compressed bytes and sizes there and answers with an empty `data`;
+ *                    nothing is copied through the message)
  *   worker → main  { type: 'ready' } once, after the BLAKE3 module is loaded
  *                  { type: 'result', id, ok: true, digest?, data, compressed? }
  *                  { type: 'result', id, ok: false, error: SerializedError }
@@ -20,7 +20,9 @@
 import { parentPort } from 'node:worker_threads';
 import { NydusError, DigestMismatchError } from '../errors';
 import type { CompressorName, DigesterName } from '../format/constants';
-import { compressChunk, compressChunkInto, decompressChunk } from './compress';
+import { compressChunk, decompressChunk } from './compress';
+import { processSharedChunks } from './shared-chunks';
+import { serializeError, type SerializedError } from './thread-errors';
 import { digest, digestReady } from './digest';
 
 export interface ProcessRequest {
@@ -59,18 +61,15 @@ export interface ProcessManyRequest {
 }
 
 /**
- * Several chunks laid out back to back in `input` (sizes in `sizes`), processed in place on
+ * Several chunks laid out back to back in `data` (sizes in `sizes`), processed in place on
  * memory shared with the caller (SharedArrayBuffer views): digest i goes to digests[32i, 32i+32);
- * the chunks that compress to fewer bytes are written back to back from output[0], and
- * csizes[i] is the compressed size of chunk i or -1 when it is stored raw (its bytes are
- * input's). `output` must have compressSlack() spare bytes beyond input's length so that
- * compression never needs a scratch copy.
+ * a chunk that compresses to fewer bytes gets them written over its own input (from the same
+ * offset), and csizes[i] is that compressed size, or -1 when the chunk is stored raw.
  */
 export interface ProcessSharedRequest {
   id: number;
   op: 'processShared';
-  input: Uint8Array;
-  output: Uint8Array;
+  data: Uint8Array;
   digests: Uint8Array;
   csizes: Int32Array;
   sizes: number[];
@@ -80,13 +79,8 @@ export interface ProcessSharedRequest {
 
 export type WorkerRequest = ProcessRequest | ProcessManyRequest | ProcessSharedRequest | DecompressRequest | CrashRequest;
 
-export interface SerializedError {
-  name: string;
-  code?: string;
-  message: string;
-  context?: Record<string, unknown>;
-  stack?: string;
-}
+export type { SerializedError };
+export { serializeError };
 
 export type WorkerMessage =
   | { type: 'ready' }
@@ -105,19 +99,6 @@ function asBuffer(u8: Uint8Array): Buffer {
   return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 }
 
-export function serializeError(err: unknown): SerializedError {
-  if (err instanceof NydusError) {
-    let context: Record<string, unknown> | undefined = err.context;
-    try {
-      structuredClone(context);
-    } catch {
-      context = undefined;
-    }
-    return { name: err.name, code: err.code, message: err.message, context, stack: err.stack };
-  }
-  if (err instanceof Error) return { name: err.name, message: err.message, stack: err.stack };
-  return { name: 'Error', message: String(err) };
-}
 
 function handleProcess(req: ProcessRequest): WorkerMessage & { ok: true } {
   const input = asBuffer(req.data);
@@ -150,22 +131,7 @@ function handleProcessMany(req: ProcessManyRequest): WorkerMessage & { ok: true 
 const EMPTY = new Uint8Array(0);
 
 function handleProcessShared(req: ProcessSharedRequest): WorkerMessage & { ok: true } {
-  const { input, output, digests, csizes, sizes } = req;
-  let total = 0;
-  for (const n of sizes) total += n;
-  if (total > input.length || sizes.length > csizes.length || 32 * sizes.length > digests.length) {
-    throw new NydusError('ERR_INVALID_ARGUMENT', `chunk worker: processShared got ${sizes.length} chunks of ${total} bytes for ${input.length} input bytes and ${csizes.length} result slots`);
-  }
-  let off = 0;
-  let out = 0;
-  for (let i = 0; i < sizes.length; i++) {
-    const src = input.subarray(off, off + sizes[i]);
-    off += sizes[i];
-    digests.set(digest(req.digester, src), 32 * i);
-    const n = compressChunkInto(req.compressor, src, output.subarray(out));
-    csizes[i] = n;
-    if (n >= 0) out += n;
-  }
+  processSharedChunks(req, req.sizes, req.compressor, req.digester);
   return { type: 'result', id: req.id, ok: true, data: EMPTY };
 }
 

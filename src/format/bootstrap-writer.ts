@@ -1,6 +1,7 @@
 /**
  * Lays out a TreeNode tree as a RAFS v6 bootstrap (a mountable EROFS image whose regular files
- * are chunk-based and point into the data blobs of the device table). Pure: tree in, bytes out.
+ * are chunk-based and point into the data blobs of the device table). Tree in, bytes out: into
+ * one buffer, or into a file through a small window (writeBootstrapFile).
  *
  * Layout (spec rafs-v6.md §1.1): SB @1024, ext SB @1152, device table @1408, blob table (4K
  * aligned), prefetch table, then the metadata area at meta_addr whose first block is unused so
@@ -14,16 +15,20 @@ import {
   EROFS_BLOCK_SIZE as BLK, EROFS_BLKSZBITS, EROFS_SLOT_SIZE, EROFS_SUPER_OFFSET, EROFS_SUPER_MAGIC,
   EROFS_FEATURE_COMPAT_RAFS_V6, RAFS_V6_INCOMPAT, RAFS_EXT_SUPER_OFFSET, RAFS_DEVT_SLOTOFF,
   RAFS_DEVICE_TABLE_OFFSET, RAFS_DEVICE_SLOT_SIZE, RAFS_BLOB_ENTRY_SIZE, RAFS_CHUNK_INFO_SIZE,
-  RAFS_MAX_BLOBS, RAFS_MAX_METADATA_SIZE, Layout, CHUNK_FORMAT_INDEXES, XATTR_PREFIXES,
-  EROFS_DIRENT_SIZE, EROFS_NAME_LEN, fileTypeOfMode, alignUp, S_IFMT, S_IFDIR, S_IFREG, S_IFLNK,
+  RAFS_MAX_BLOBS, RAFS_MAX_METADATA_SIZE, Layout, CHUNK_FORMAT_INDEXES, EROFS_NAME_LEN, fileTypeOfMode,
+  alignUp, S_IFMT, S_IFDIR, S_IFREG, S_IFLNK,
   S_IFCHR, S_IFBLK, RAFS_CHUNK_INDEX_SIZE, ChunkFlag,
 } from './constants';
 import {
   encodeSuperBlock, encodeSuperBlockExt, encodeDeviceSlot, encodeBlobEntry, encodeInode,
-  encodeDirent, encodeChunkIndex, encodeChunkInfo, BlobEntry, inodeSizeOf,
+  encodeChunkIndex, encodeChunkInfo, BlobEntry, inodeSizeOf,
 } from './layout';
-import { TreeNode, Inode, encodeRdev, lookupPath, ChunkRef } from '../tree/node';
+import { TreeNode, Inode, encodeRdev, lookupPath, ChunkRef, forEachNode } from '../tree/node';
 import { invalidArgument } from '../errors';
+import { encodeXattrs, encodeDirData, encodeDirents, dirDataSize, byKey, DirEntry } from './bootstrap-encode';
+import { MemoryOut, FileOut, Out } from './bootstrap-out';
+
+export { encodeXattrs, encodeDirData };
 
 export interface BootstrapInput {
   root: TreeNode;
@@ -44,291 +49,272 @@ export interface BootstrapOutput {
   nids: Map<Inode, number>;
 }
 
-/** One inode's place in the image (one per inode: trees of 10^5 inodes keep this small). */
-interface Placed {
-  inode: Inode;
-  node: TreeNode;
-  parent: Placed | null;
-  extended: boolean;
-  xattrBody: Buffer; // encoded xattr area (header + entries) or empty
-  /** directories: children and their names (map keys: latin1 strings of the name bytes) in byte order, sorted once */
-  kids: TreeNode[] | null;
-  keys: string[] | null;
-  /** directory/symlink payload size (-1: none); directory payloads are encoded in pass 3 */
-  dataSize: number;
-  inlineTail: boolean;
-  /** number of full data blocks stored outside the inode (FLAT_PLAIN part) */
-  dataBlocks: number;
-  recordSize: number;
-  offset: number; // relative to meta_addr
-  dataBlkaddr: number; // absolute block address of data blocks, when dataBlocks > 0
-  nlink: number;
-  ino: number;
-}
+/** writeBootstrapFile()'s result: the bytes went to the file. */
+export type BootstrapFileOutput = Omit<BootstrapOutput, 'data'> & { size: number };
 
 const NO_BYTES = Buffer.alloc(0);
-
-/** Path of a placed inode, for error messages (not stored: it would cost a string per inode). */
-function pathOf(pl: Placed): string {
-  const parts: string[] = [];
-  for (let p: Placed | null = pl; p && p.parent; p = p.parent) parts.push(p.node.name.toString('latin1'));
-  return '/' + parts.reverse().join('/');
-}
-
-/** Order of latin1 name strings: that of their bytes. */
-function byKey(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}
-
-/** Encode the inline xattr area of an inode (empty buffer when it has none). */
-export function encodeXattrs(xattrs: Map<string, Buffer>, where: string): Buffer {
-  if (xattrs.size === 0) return NO_BYTES;
-  const names = [...xattrs.keys()].sort((a, b) => Buffer.compare(Buffer.from(a, 'latin1'), Buffer.from(b, 'latin1')));
-  const parts: Buffer[] = [Buffer.alloc(12)];
-  for (const name of names) {
-    const value = xattrs.get(name)!;
-    const p = XATTR_PREFIXES.find((x) => (x.whole ? name === x.prefix : name.startsWith(x.prefix)));
-    if (!p) throw invalidArgument(`${where}: xattr "${name}" is not in a namespace EROFS can store (user., trusted., security., system.posix_acl_*)`, { path: where, xattr: name });
-    const suffix = Buffer.from(name.slice(p.prefix.length), 'latin1');
-    if (suffix.length > 255) throw invalidArgument(`${where}: xattr name "${name}" is too long`, { path: where });
-    if (value.length > 0xffff) throw invalidArgument(`${where}: xattr "${name}" value of ${value.length} bytes exceeds 65535`, { path: where });
-    const len = alignUp(4 + suffix.length + value.length, 4);
-    const e = Buffer.alloc(len);
-    e.writeUInt8(suffix.length, 0);
-    e.writeUInt8(p.index, 1);
-    e.writeUInt16LE(value.length, 2);
-    suffix.copy(e, 4);
-    value.copy(e, 4 + suffix.length);
-    parts.push(e);
-  }
-  const body = Buffer.concat(parts);
-  if ((body.length - 12) / 4 + 1 > 0xffff) throw invalidArgument(`${where}: xattrs too large for one inode`, { path: where });
-  return body;
-}
-
-/** Build the dirent blocks of a directory: `.`, `..` and children, globally sorted by bytes. */
-export function encodeDirData(entries: { name: Buffer; nid: number; fileType: number }[]): Buffer {
-  return encodeDirents(entries.map((e) => ({ key: e.name.toString('latin1'), nid: e.nid, fileType: e.fileType })));
-}
-
-interface DirEntry {
-  /** the name's bytes as a latin1 string */
-  key: string;
-  nid: number;
-  fileType: number;
-}
-
-/** encodeDirData for names given as latin1 strings (sorted here, in byte order). */
-function encodeDirents(entries: DirEntry[]): Buffer {
-  const sorted = entries.sort((a, b) => byKey(a.key, b.key));
-  const blocks: Buffer[] = [];
-  let i = 0;
-  while (i < sorted.length) {
-    // Fill one block: as many entries as fit (12 B dirent + name each).
-    let used = 0;
-    let j = i;
-    while (j < sorted.length && used + EROFS_DIRENT_SIZE + sorted[j].key.length <= BLK) {
-      used += EROFS_DIRENT_SIZE + sorted[j].key.length;
-      j++;
-    }
-    const n = j - i;
-    const isLast = j === sorted.length;
-    const blk = Buffer.alloc(isLast ? used : BLK);
-    let nameoff = n * EROFS_DIRENT_SIZE;
-    for (let k = 0; k < n; k++) {
-      const e = sorted[i + k];
-      encodeDirent(blk, k * EROFS_DIRENT_SIZE, { nid: e.nid, nameoff, fileType: e.fileType });
-      nameoff += blk.write(e.key, nameoff, 'latin1');
-    }
-    blocks.push(blk);
-    i = j;
-  }
-  return blocks.length === 1 ? blocks[0] : Buffer.concat(blocks);
-}
-
-/** Size of a directory's dirent data, without knowing nids (for layout); `keys` in byte order. */
-function dirDataSize(keys: string[]): number {
-  let total = 0;
-  let used = 0;
-  const add = (len: number): void => {
-    if (used + EROFS_DIRENT_SIZE + len > BLK) {
-      total += BLK;
-      used = 0;
-    }
-    used += EROFS_DIRENT_SIZE + len;
-  };
-  // '.' and '..' go where their bytes sort among the names
-  let dots = 0;
-  for (const k of keys) {
-    while (dots < 2 && byKey(DOT_KEYS[dots], k) < 0) add(DOT_KEYS[dots++].length);
-    add(k.length);
-  }
-  while (dots < 2) add(DOT_KEYS[dots++].length);
-  return total + used;
-}
-
-const DOT_KEYS = ['.', '..'];
-
 function needsExtended(i: Inode, nlink: number): boolean {
   return i.uid > 0xffff || i.gid > 0xffff || nlink > 0xffff || i.size > 0xffffffff || i.mtime !== 0 || i.mtimeNsec !== 0;
 }
 
+/** Lay out the image in memory and return its bytes. */
 export function writeBootstrap(input: BootstrapInput): BootstrapOutput {
+  const layout = layOut(input);
+  const out = new MemoryOut(layout.totalSize);
+  emit(layout, out);
+  return withNids(layout, { data: out.buf, inodeCount: layout.count, chunkTableEntries: layout.chunks.length }) as BootstrapOutput;
+}
+
+/**
+ * writeBootstrap() straight into `fd` (from offset 0, `size` bytes) through a small window, not
+ * a buffer of the whole image: a tree of 10^5 inodes has a bootstrap of ~10 MiB.
+ */
+export function writeBootstrapFile(input: BootstrapInput, fd: number): BootstrapFileOutput {
+  const layout = layOut(input);
+  const out = new FileOut(fd);
+  emit(layout, out);
+  out.end(layout.totalSize);
+  return withNids(layout, { size: layout.totalSize, inodeCount: layout.count, chunkTableEntries: layout.chunks.length }) as BootstrapFileOutput;
+}
+
+function withNids<T extends object>(l: Placement, o: T): T & { nids: Map<Inode, number> } {
+  // Built on first use: most callers only want the bytes, and this map has an entry per inode.
+  let nids: Map<Inode, number> | undefined;
+  Object.defineProperty(o, 'nids', {
+    enumerable: true,
+    get: () => (nids ??= new Map(l.inodes.map((inode, i) => [inode, l.offsets[i] / EROFS_SLOT_SIZE]))),
+  });
+  return o as T & { nids: Map<Inode, number> };
+}
+
+const EXTENDED = 1;
+const INLINE_TAIL = 2;
+
+/**
+ * Where every inode goes. One entry per inode in parallel arrays, indexed in placement order
+ * (ino = index + 1): no object per inode (trees of 10^5 inodes).
+ */
+interface Placement {
+  input: BootstrapInput;
+  count: number;
+  inodes: Inode[];
+  nodes: TreeNode[];
+  /** placement index of the parent directory (the root's is itself) */
+  parents: Int32Array;
+  nlinks: Uint32Array;
+  flags: Uint8Array;
+  /** directory / symlink payload size (-1: none) */
+  dataSizes: Int32Array;
+  /** full data blocks stored outside the inode (FLAT_PLAIN part) */
+  dataBlocks: Uint32Array;
+  recordSizes: Uint32Array;
+  /** relative to metaAddr (the metadata is at most 2 GiB) */
+  offsets: Uint32Array;
+  /** absolute block address of the data blocks, when dataBlocks > 0 */
+  dataBlkaddrs: Uint32Array;
+  /** encoded xattr areas of the inodes that have xattrs */
+  xattrs: Map<number, Buffer>;
+  /** directories: children and their keys in byte order (sorted once) */
+  dirs: Map<number, { kids: TreeNode[]; keys: string[] }>;
+  placedBy: Map<Inode, number>;
+  hasXattr: boolean;
+  metaAddr: number;
+  metaEnd: number;
+  blobTableOffset: number;
+  prefetchOffset: number;
+  prefetchInodes: Inode[];
+  chunks: ChunkRef[];
+  totalSize: number;
+}
+
+/** Path of a placed inode, for error messages (not stored: it would cost a string per inode). */
+function pathOf(l: Placement, i: number): string {
+  const parts: string[] = [];
+  for (let p = i; p !== 0; p = l.parents[p]) parts.push(l.nodes[p].name.toString('latin1'));
+  return '/' + parts.reverse().join('/');
+}
+
+function layOut(input: BootstrapInput): Placement {
   const { root, chunkSize } = input;
   const blobs = input.blobs;
   if (blobs.length > RAFS_MAX_BLOBS) throw invalidArgument(`too many blobs (${blobs.length}); RAFS v6 allows ${RAFS_MAX_BLOBS}`);
   if ((root.inode.mode & S_IFMT) !== S_IFDIR) throw invalidArgument('the root of an image must be a directory');
   const chunkBits = Math.log2(chunkSize);
   if (!Number.isInteger(chunkBits) || chunkBits < 12 || chunkBits > 24) throw invalidArgument(`chunk size 0x${chunkSize.toString(16)} must be a power of two in [0x1000, 0x1000000]`);
-
-  // ---- pass 0: reference counts (hardlinks share Inode objects)
-  const refs = new Map<Inode, number>();
-  const countRefs = (n: TreeNode): void => {
-    refs.set(n.inode, (refs.get(n.inode) ?? 0) + 1);
-    if (n.children) for (const c of n.children.values()) countRefs(c);
+  // at most one place per node (hardlinks take fewer): the arrays are sized once
+  let nodes = 0;
+  forEachNode(root, () => nodes++);
+  const l: Placement = {
+    input, count: 0, inodes: new Array<Inode>(nodes), nodes: new Array<TreeNode>(nodes), parents: new Int32Array(nodes),
+    nlinks: new Uint32Array(nodes), flags: new Uint8Array(nodes), dataSizes: new Int32Array(nodes), dataBlocks: new Uint32Array(nodes),
+    recordSizes: new Uint32Array(nodes), offsets: new Uint32Array(nodes), dataBlkaddrs: new Uint32Array(nodes), xattrs: new Map(),
+    dirs: new Map(), placedBy: new Map(), hasXattr: false, metaAddr: 0, metaEnd: 0, blobTableOffset: 0, prefetchOffset: 0,
+    prefetchInodes: [], chunks: [], totalSize: 0,
   };
-  countRefs(root);
 
-  // ---- pass 1: placement order (nydus: dir, its non-dir children, then subdirs recursively)
-  const order: Placed[] = [];
-  const placedBy = new Map<Inode, Placed>();
-  let nextIno = 1;
-  let hasXattr = false;
-  const placeOne = (n: TreeNode, parent: Placed | null, p: string): Placed => {
+  // ---- pass 1: placement order (nydus: dir, its non-dir children, then subdirs recursively);
+  // a non-directory met again is a hardlink: it keeps its first place and counts a link
+  const place = (n: TreeNode, parent: number, path: string): number => {
     const inode = n.inode;
     const type = inode.mode & S_IFMT;
-    let nlink = refs.get(inode) ?? 1;
+    const i = l.count++;
+    let nlink = 1;
     let dataSize = -1;
-    let kids: TreeNode[] | null = null;
-    let keys: string[] | null = null;
     if (type === S_IFDIR) {
-      if (nlink > 1) throw invalidArgument(`${p}: a directory cannot be hardlinked`);
-      keys = [...n.children!.keys()].sort(byKey);
-      kids = keys.map((k) => n.children!.get(k)!);
+      const keys = [...n.children!.keys()].sort(byKey);
+      const kids = keys.map((k) => n.children!.get(k)!);
       nlink = 2;
-      for (let i = 0; i < kids.length; i++) {
-        const key = keys[i];
+      for (let k = 0; k < kids.length; k++) {
+        const key = keys[k];
         if (key.length === 0 || key.length > EROFS_NAME_LEN || key.includes('/') || key.includes('\0')) {
-          throw invalidArgument(`${p}: invalid entry name "${key}" (${key.length} bytes)`);
+          throw invalidArgument(`${path}: invalid entry name "${key}" (${key.length} bytes)`);
         }
-        if ((kids[i].inode.mode & S_IFMT) === S_IFDIR) nlink++;
+        if ((kids[k].inode.mode & S_IFMT) === S_IFDIR) nlink++;
       }
       dataSize = dirDataSize(keys);
+      l.dirs.set(i, { kids, keys });
     } else if (type === S_IFLNK) {
       dataSize = inode.symlink?.length ?? 0;
-      if (dataSize === 0 || dataSize >= BLK) throw invalidArgument(`${p}: symlink target of ${dataSize} bytes (must be 1..4095)`);
+      if (dataSize === 0 || dataSize >= BLK) throw invalidArgument(`${path}: symlink target of ${dataSize} bytes (must be 1..4095)`);
     } else if (type === S_IFREG) {
-      // chunks are validated when encoded
+      const c = Math.ceil(inode.size / chunkSize);
+      if (inode.chunks.length !== c) throw invalidArgument(`${path}: file of ${inode.size} bytes has ${inode.chunks.length} chunks, expected ${c}`);
     } else if (![S_IFCHR, S_IFBLK, 0o010000, 0o140000].includes(type)) {
-      throw invalidArgument(`${p}: unsupported file type 0${type.toString(8)}`);
+      throw invalidArgument(`${path}: unsupported file type 0${type.toString(8)}`);
     }
-    const xattrBody = encodeXattrs(inode.xattrs, p);
-    if (xattrBody.length) hasXattr = true;
-    const extended = needsExtended(inode, nlink);
-    const headerSize = inodeSizeOf(extended) + xattrBody.length;
+    if (inode.xattrs.size) {
+      l.xattrs.set(i, encodeXattrs(inode.xattrs, path));
+      l.hasXattr = true;
+    }
+    l.inodes[i] = inode;
+    l.nodes[i] = n;
+    l.parents[i] = parent < 0 ? i : parent;
+    l.nlinks[i] = nlink;
+    l.dataSizes[i] = dataSize;
+    l.placedBy.set(inode, i);
+    return i;
+  };
+  const visit = (dir: number, path: string): void => {
+    const { kids, keys } = l.dirs.get(dir)!;
+    const prefix = path === '/' ? '/' : path + '/';
+    for (let k = 0; k < kids.length; k++) {
+      const c = kids[k];
+      if ((c.inode.mode & S_IFMT) === S_IFDIR) continue;
+      const seen = l.placedBy.get(c.inode);
+      if (seen === undefined) place(c, dir, prefix + keys[k]);
+      else l.nlinks[seen]++;
+    }
+    for (let k = 0; k < kids.length; k++) {
+      const c = kids[k];
+      if ((c.inode.mode & S_IFMT) !== S_IFDIR) continue;
+      if (l.placedBy.has(c.inode)) throw invalidArgument(`${prefix + keys[k]}: a directory cannot be hardlinked`);
+      visit(place(c, dir, prefix + keys[k]), prefix + keys[k]);
+    }
+  };
+  visit(place(root, -1, '/'), '/');
+  l.inodes.length = l.count;
+  l.nodes.length = l.count;
+
+  // ---- record sizes (the link counts are final now)
+  for (let i = 0; i < l.count; i++) {
+    const inode = l.inodes[i];
+    const extended = needsExtended(inode, l.nlinks[i]);
+    const headerSize = inodeSizeOf(extended) + (l.xattrs.get(i)?.length ?? 0);
+    const dataSize = l.dataSizes[i];
     let recordSize = headerSize;
-    let inlineTail = false;
+    let flags = extended ? EXTENDED : 0;
     let dataBlocks = 0;
     if (dataSize >= 0) {
       const tail = dataSize % BLK;
       if (tail !== 0 && headerSize + tail <= BLK) {
-        inlineTail = true;
+        flags |= INLINE_TAIL;
         dataBlocks = Math.floor(dataSize / BLK);
         recordSize = headerSize + tail;
       } else {
         dataBlocks = Math.ceil(dataSize / BLK);
       }
-    } else if (type === S_IFREG) {
-      const c = Math.ceil(inode.size / chunkSize);
-      if (inode.chunks.length !== c) throw invalidArgument(`${p}: file of ${inode.size} bytes has ${inode.chunks.length} chunks, expected ${c}`);
-      recordSize = alignUp(headerSize, RAFS_CHUNK_INDEX_SIZE) + RAFS_CHUNK_INDEX_SIZE * c;
+    } else if ((inode.mode & S_IFMT) === S_IFREG) {
+      recordSize = alignUp(headerSize, RAFS_CHUNK_INDEX_SIZE) + RAFS_CHUNK_INDEX_SIZE * inode.chunks.length;
     }
-    const pl: Placed = {
-      inode, node: n, parent, extended, xattrBody, kids, keys, dataSize, inlineTail, dataBlocks,
-      recordSize, offset: 0, dataBlkaddr: 0, nlink, ino: nextIno++,
-    };
-    order.push(pl);
-    placedBy.set(inode, pl);
-    return pl;
-  };
-  const visit = (dir: Placed, path: string): void => {
-    const kids = dir.kids!;
-    const keys = dir.keys!;
-    const prefix = path === '/' ? '/' : path + '/';
-    // hardlinks: placed once, where first met
-    for (let i = 0; i < kids.length; i++) {
-      const k = kids[i];
-      if ((k.inode.mode & S_IFMT) !== S_IFDIR && !placedBy.has(k.inode)) placeOne(k, dir, prefix + keys[i]);
-    }
-    for (let i = 0; i < kids.length; i++) {
-      const k = kids[i];
-      if ((k.inode.mode & S_IFMT) === S_IFDIR) visit(placeOne(k, dir, prefix + keys[i]), prefix + keys[i]);
-    }
-  };
-  visit(placeOne(root, null, '/'), '/');
-  refs.clear();
+    l.flags[i] = flags;
+    l.dataBlocks[i] = dataBlocks;
+    l.recordSizes[i] = recordSize;
+  }
 
   // ---- fixed header area
   const nblobs = blobs.length;
-  const blobTableOffset = alignUp(RAFS_DEVICE_TABLE_OFFSET + RAFS_DEVICE_SLOT_SIZE * nblobs, BLK);
-  const blobTableSize = RAFS_BLOB_ENTRY_SIZE * nblobs;
-  const prefetchInodes: Inode[] = [];
+  l.blobTableOffset = alignUp(RAFS_DEVICE_TABLE_OFFSET + RAFS_DEVICE_SLOT_SIZE * nblobs, BLK);
   for (const p of input.prefetchPaths ?? []) {
     const n = lookupPath(root, p);
-    if (n && !prefetchInodes.includes(n.inode)) prefetchInodes.push(n.inode);
+    if (n && !l.prefetchInodes.includes(n.inode)) l.prefetchInodes.push(n.inode);
   }
-  const prefetchOffset = blobTableOffset + blobTableSize;
-  const prefetchSize = prefetchInodes.length * 4;
-  const metaAddr = alignUp(prefetchOffset + prefetchSize, BLK);
+  l.prefetchOffset = l.blobTableOffset + RAFS_BLOB_ENTRY_SIZE * nblobs;
+  l.metaAddr = alignUp(l.prefetchOffset + l.prefetchInodes.length * 4, BLK);
 
   // ---- pass 2: allocate offsets (relative to metaAddr). Block 0 of the area stays empty.
+  // Records only move forward; a directory's data blocks come right after its record's block.
   let nextBlock = 1;
   let cur = 0;
   let curEnd = 0; // end of the block `cur` is in (cur === curEnd: need a new block)
-  const allocBlocks = (n: number): number => {
-    const b = nextBlock;
-    nextBlock += n;
-    return b;
-  };
-  for (const pl of order) {
-    const size = alignUp(pl.recordSize, EROFS_SLOT_SIZE);
+  for (let i = 0; i < l.count; i++) {
+    const size = alignUp(l.recordSizes[i], EROFS_SLOT_SIZE);
     if (size <= BLK) {
       if (curEnd - cur < size) {
-        cur = allocBlocks(1) * BLK;
+        cur = nextBlock++ * BLK;
         curEnd = cur + BLK;
       }
-      pl.offset = cur;
+      l.offsets[i] = cur;
       cur += size;
     } else {
       const nb = Math.ceil(size / BLK);
-      const start = allocBlocks(nb) * BLK;
-      pl.offset = start;
+      const start = nextBlock * BLK;
+      nextBlock += nb;
+      l.offsets[i] = start;
       cur = start + size;
       curEnd = start + nb * BLK;
     }
-    if (pl.dataBlocks > 0) pl.dataBlkaddr = metaAddr / BLK + allocBlocks(pl.dataBlocks);
+    l.dataBlkaddrs[i] = l.dataBlocks[i] > 0 ? l.metaAddr / BLK + nextBlock : 0;
+    nextBlock += l.dataBlocks[i];
   }
-  const metaEnd = metaAddr + nextBlock * BLK;
-  const nidOf = (i: Inode): number => placedBy.get(i)!.offset / EROFS_SLOT_SIZE;
-  if (nidOf(root.inode) > 0xffff) throw new Error('internal: root nid does not fit 16 bits');
+  l.metaEnd = l.metaAddr + nextBlock * BLK;
+  if (l.offsets[0] / EROFS_SLOT_SIZE > 0xffff) throw new Error('internal: root nid does not fit 16 bits');
 
-  // ---- chunk table: one entry per distinct (digest, blob index), sorted; last writer wins
-  const chunkMap = new Map<string, ChunkRef>();
-  for (const pl of order) {
-    for (const c of pl.inode.chunks) chunkMap.set(c.digest.toString('latin1') + c.blobIndex, c);
+  // ---- chunk table: one entry per distinct (digest, blob index), sorted; the last reference
+  // in placement order describes it (its file offset). Sorted with the placement sequence as
+  // the last key, each group's last element is that reference (no map keyed by digest).
+  const seq = new Map<ChunkRef, number>(); // a ChunkRef object met again keeps its last position
+  let k = 0;
+  for (let i = 0; i < l.count; i++) for (const c of l.inodes[i].chunks) seq.set(c, k++);
+  const refs = [...seq.keys()];
+  const at = Int32Array.from(seq.values());
+  seq.clear();
+  // digests read once each (a ChunkRef's may be a getter that makes a view)
+  const digests = refs.map((c) => c.digest);
+  const order = Int32Array.from(refs.keys());
+  order.sort((a, b) => Buffer.compare(digests[a], digests[b]) || refs[a].blobIndex - refs[b].blobIndex || at[a] - at[b]);
+  for (let j = 0; j < order.length; j++) {
+    const c = order[j];
+    const next = j + 1 < order.length ? order[j + 1] : -1;
+    if (next >= 0 && refs[next].blobIndex === refs[c].blobIndex && digests[next].equals(digests[c])) continue;
+    l.chunks.push(refs[c]);
   }
-  const chunkList = [...chunkMap.values()];
-  chunkMap.clear();
-  chunkList.sort((ca, cb) => Buffer.compare(ca.digest, cb.digest) || ca.blobIndex - cb.blobIndex || ca.ciIndex - cb.ciIndex);
-  const chunkTableOffset = metaEnd;
-  const chunkTableSize = chunkList.length * RAFS_CHUNK_INFO_SIZE;
-  const totalSize = alignUp(chunkTableOffset + chunkTableSize, BLK);
-  if (totalSize > RAFS_MAX_METADATA_SIZE) throw invalidArgument(`bootstrap would be ${totalSize} bytes, over the 2 GiB RAFS limit`);
+  l.totalSize = alignUp(l.metaEnd + l.chunks.length * RAFS_CHUNK_INFO_SIZE, BLK);
+  if (l.totalSize > RAFS_MAX_METADATA_SIZE) throw invalidArgument(`bootstrap would be ${l.totalSize} bytes, over the 2 GiB RAFS limit`);
+  return l;
+}
 
-  const out = Buffer.alloc(totalSize);
+function emit(l: Placement, out: Out): void {
+  const { input, metaAddr } = l;
+  const { blobs, chunkSize } = input;
+  const nblobs = blobs.length;
+  const nidOf = (inode: Inode): number => l.offsets[l.placedBy.get(inode)!] / EROFS_SLOT_SIZE;
+  const put = (b: Buffer, off: number): void => {
+    const [buf, at] = out.region(off, b.length);
+    b.copy(buf, at);
+  };
 
   // ---- superblocks, device table, blob table, prefetch table
-  let mapped = totalSize;
+  let mapped = l.totalSize;
   let blobBlocks = 0;
   blobs.forEach((b, i) => {
     const blocks = Math.ceil(b.uncompressedSize / BLK);
@@ -337,64 +323,69 @@ export function writeBootstrap(input: BootstrapInput): BootstrapOutput {
     const mappedBlkaddr = alignUp(mapped, 512 * 1024) / BLK;
     mapped = (mappedBlkaddr + blocks) * BLK;
     blobBlocks += blocks;
-    encodeDeviceSlot({ tag: b.blobId, blocks, mappedBlkaddr }).copy(out, RAFS_DEVICE_TABLE_OFFSET + i * RAFS_DEVICE_SLOT_SIZE);
+    put(encodeDeviceSlot({ tag: b.blobId, blocks, mappedBlkaddr }), RAFS_DEVICE_TABLE_OFFSET + i * RAFS_DEVICE_SLOT_SIZE);
     if (b.chunkSize !== chunkSize) throw invalidArgument(`blob ${b.blobId} has chunk size ${b.chunkSize}, image uses ${chunkSize}`);
-    encodeBlobEntry({ ...b, blobIndex: i }).copy(out, blobTableOffset + i * RAFS_BLOB_ENTRY_SIZE);
+    put(encodeBlobEntry({ ...b, blobIndex: i }), l.blobTableOffset + i * RAFS_BLOB_ENTRY_SIZE);
   });
-  const flags = input.flags | (hasXattr ? 0x20 : 0);
-  encodeSuperBlock({
+  const chunkTableSize = l.chunks.length * RAFS_CHUNK_INFO_SIZE;
+  const prefetchSize = l.prefetchInodes.length * 4;
+  put(encodeSuperBlock({
     magic: EROFS_SUPER_MAGIC,
     featureCompat: EROFS_FEATURE_COMPAT_RAFS_V6,
     blkszbits: EROFS_BLKSZBITS,
-    rootNid: nidOf(root.inode),
-    inos: order.length,
+    rootNid: l.offsets[0] / EROFS_SLOT_SIZE,
+    inos: l.count,
     blocks: blobBlocks || 1,
     metaBlkaddr: metaAddr / BLK,
     featureIncompat: RAFS_V6_INCOMPAT,
     extraDevices: nblobs,
     devtSlotoff: RAFS_DEVT_SLOTOFF,
-  }).copy(out, EROFS_SUPER_OFFSET);
-  encodeSuperBlockExt({
-    flags,
-    blobTableOffset,
-    blobTableSize,
+  }), EROFS_SUPER_OFFSET);
+  put(encodeSuperBlockExt({
+    flags: input.flags | (l.hasXattr ? 0x20 : 0),
+    blobTableOffset: l.blobTableOffset,
+    blobTableSize: RAFS_BLOB_ENTRY_SIZE * nblobs,
     chunkSize,
-    chunkTableOffset: chunkTableSize ? chunkTableOffset : 0,
+    chunkTableOffset: chunkTableSize ? l.metaEnd : 0,
     chunkTableSize,
-    prefetchTableOffset: prefetchSize ? prefetchOffset : 0,
+    prefetchTableOffset: prefetchSize ? l.prefetchOffset : 0,
     prefetchTableSize: prefetchSize,
-  }).copy(out, RAFS_EXT_SUPER_OFFSET);
-  prefetchInodes.forEach((ino, i) => out.writeUInt32LE(nidOf(ino), prefetchOffset + i * 4));
+  }), RAFS_EXT_SUPER_OFFSET);
+  l.prefetchInodes.forEach((inode, i) => {
+    const [buf, at] = out.region(l.prefetchOffset + i * 4, 4);
+    buf.writeUInt32LE(nidOf(inode), at);
+  });
 
   // ---- pass 3: encode inodes, xattrs, inline data, dirent blocks, chunk indexes
-  const chunkFormat = CHUNK_FORMAT_INDEXES | (chunkBits - EROFS_BLKSZBITS);
-  for (const pl of order) {
-    const i = pl.inode;
+  const chunkFormat = CHUNK_FORMAT_INDEXES | (Math.log2(chunkSize) - EROFS_BLKSZBITS);
+  for (let p = 0; p < l.count; p++) {
+    const i = l.inodes[p];
     const type = i.mode & S_IFMT;
-    const abs = metaAddr + pl.offset;
+    const abs = metaAddr + l.offsets[p];
+    out.advance(abs - (abs % BLK));
+    const flags = l.flags[p];
+    const dataBlocks = l.dataBlocks[p];
     let layout: number = Layout.FLAT_PLAIN;
     let u = 0;
     let size = 0;
     let data: Buffer | undefined;
     if (type === S_IFDIR) {
-      const kids = pl.kids!;
-      const keys = pl.keys!;
+      const { kids, keys } = l.dirs.get(p)!;
       const ents: DirEntry[] = [
         { key: '.', nid: nidOf(i), fileType: 2 },
-        { key: '..', nid: nidOf((pl.parent ?? pl).inode), fileType: 2 },
+        { key: '..', nid: l.offsets[l.parents[p]] / EROFS_SLOT_SIZE, fileType: 2 },
       ];
       for (let k = 0; k < kids.length; k++) ents.push({ key: keys[k], nid: nidOf(kids[k].inode), fileType: fileTypeOfMode(kids[k].inode.mode) });
       data = encodeDirents(ents);
-      if (data.length !== pl.dataSize) throw new Error(`internal: ${pathOf(pl)}: directory data of ${data.length} bytes, laid out for ${pl.dataSize}`);
-      pl.kids = null;
-      pl.keys = null;
+      if (data.length !== l.dataSizes[p]) throw new Error(`internal: ${pathOf(l, p)}: directory data of ${data.length} bytes, laid out for ${l.dataSizes[p]}`);
+      l.dirs.delete(p);
     } else if (type === S_IFLNK) {
       data = i.symlink;
     }
     if (data) {
       size = data.length;
-      layout = pl.inlineTail ? Layout.FLAT_INLINE : Layout.FLAT_PLAIN;
-      u = pl.dataBlocks > 0 ? pl.dataBlkaddr : 0;
+      layout = flags & INLINE_TAIL ? Layout.FLAT_INLINE : Layout.FLAT_PLAIN;
+      u = dataBlocks > 0 ? l.dataBlkaddrs[p] : 0;
     } else if (type === S_IFREG) {
       layout = Layout.CHUNK_BASED;
       u = chunkFormat;
@@ -402,45 +393,48 @@ export function writeBootstrap(input: BootstrapInput): BootstrapOutput {
     } else if (type === S_IFCHR || type === S_IFBLK) {
       u = encodeRdev(i.rdevMajor, i.rdevMinor);
     }
-    const xicount = pl.xattrBody.length ? (pl.xattrBody.length - 12) / 4 + 1 : 0;
+    const xattrBody = l.xattrs.get(p) ?? NO_BYTES;
+    const xicount = xattrBody.length ? (xattrBody.length - 12) / 4 + 1 : 0;
     const head = encodeInode({
-      extended: pl.extended, layout, xattrIcount: xicount, mode: i.mode, nlink: pl.nlink, size, u,
-      ino: pl.ino, uid: i.uid, gid: i.gid, mtime: i.mtime, mtimeNsec: i.mtimeNsec,
+      extended: (flags & EXTENDED) !== 0, layout, xattrIcount: xicount, mode: i.mode, nlink: l.nlinks[p], size, u,
+      ino: p + 1, uid: i.uid, gid: i.gid, mtime: i.mtime, mtimeNsec: i.mtimeNsec,
     });
-    head.copy(out, abs);
-    pl.xattrBody.copy(out, abs + head.length);
-    const headerEnd = abs + head.length + pl.xattrBody.length;
+    put(head, abs);
+    if (xattrBody.length) put(xattrBody, abs + head.length);
+    const headerEnd = abs + head.length + xattrBody.length;
     if (data) {
-      const fullBytes = pl.dataBlocks * BLK;
-      if (pl.dataBlocks > 0) data.copy(out, pl.dataBlkaddr * BLK, 0, Math.min(fullBytes, data.length));
-      if (pl.inlineTail) data.copy(out, headerEnd, fullBytes);
+      const fullBytes = dataBlocks * BLK;
+      if (dataBlocks > 0) {
+        const n = Math.min(fullBytes, data.length);
+        const [buf, at] = out.region(l.dataBlkaddrs[p] * BLK, n);
+        data.copy(buf, at, 0, n);
+      }
+      if (flags & INLINE_TAIL) {
+        const [buf, at] = out.region(headerEnd, data.length - fullBytes);
+        data.copy(buf, at, fullBytes);
+      }
     } else if (type === S_IFREG) {
-      let off = metaAddr + alignUp(pl.offset + head.length + pl.xattrBody.length, RAFS_CHUNK_INDEX_SIZE);
+      const start = metaAddr + alignUp(l.offsets[p] + head.length + xattrBody.length, RAFS_CHUNK_INDEX_SIZE);
+      const [buf, at] = out.region(start, RAFS_CHUNK_INDEX_SIZE * i.chunks.length);
+      let off = at;
       for (const c of i.chunks) {
-        if (c.blobIndex < 0 || c.blobIndex >= nblobs) throw invalidArgument(`${pathOf(pl)}: chunk refers to blob index ${c.blobIndex} of ${nblobs}`);
-        if (c.uncompressedOffset % BLK !== 0) throw invalidArgument(`${pathOf(pl)}: chunk uncompressed offset ${c.uncompressedOffset} is not 4K aligned`);
-        encodeChunkIndex(out, off, { ciIndex: c.ciIndex, blobIndex: c.blobIndex, blkaddr: c.uncompressedOffset / BLK });
+        if (c.blobIndex < 0 || c.blobIndex >= nblobs) throw invalidArgument(`${pathOf(l, p)}: chunk refers to blob index ${c.blobIndex} of ${nblobs}`);
+        if (c.uncompressedOffset % BLK !== 0) throw invalidArgument(`${pathOf(l, p)}: chunk uncompressed offset ${c.uncompressedOffset} is not 4K aligned`);
+        encodeChunkIndex(buf, off, { ciIndex: c.ciIndex, blobIndex: c.blobIndex, blkaddr: c.uncompressedOffset / BLK });
         off += RAFS_CHUNK_INDEX_SIZE;
       }
     }
   }
 
   // ---- chunk table
-  chunkList.forEach((c, idx) => {
-    encodeChunkInfo({
+  out.advance(l.metaEnd);
+  l.chunks.forEach((c, idx) => {
+    put(encodeChunkInfo({
       digest: c.digest, blobIndex: c.blobIndex, flags: c.compressed ? ChunkFlag.COMPRESSED : 0,
       compressedSize: c.compressedSize, uncompressedSize: c.uncompressedSize,
       compressedOffset: c.compressedOffset, uncompressedOffset: c.uncompressedOffset,
       fileOffset: c.fileOffset, index: c.ciIndex, crc32: 0,
-    }).copy(out, chunkTableOffset + idx * RAFS_CHUNK_INFO_SIZE);
+    }), l.metaEnd + idx * RAFS_CHUNK_INFO_SIZE);
+    if ((idx & 1023) === 1023) out.advance(l.metaEnd + (idx + 1) * RAFS_CHUNK_INFO_SIZE);
   });
-
-  const result = { data: out, inodeCount: order.length, chunkTableEntries: chunkList.length } as BootstrapOutput;
-  // Built on first use: most callers only want the bytes, and this map has an entry per inode.
-  let nids: Map<Inode, number> | undefined;
-  Object.defineProperty(result, 'nids', {
-    enumerable: true,
-    get: () => (nids ??= new Map(order.map((pl) => [pl.inode, nidOf(pl.inode)]))),
-  });
-  return result;
 }

@@ -64,6 +64,9 @@ class NoXattrs extends Map<string, Buffer> {
 }
 export const NO_XATTRS: Map<string, Buffer> = new NoXattrs();
 
+/** The chunk list of every inode without chunks (frozen: code that changes chunks assigns a new array). */
+export const NO_CHUNKS: ChunkRef[] = Object.freeze([]) as unknown as ChunkRef[];
+
 export function nameKey(name: Buffer): string {
   return name.toString('latin1');
 }
