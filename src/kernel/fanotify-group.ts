@@ -246,10 +246,17 @@ export function openFanotifyCache(cacheDir: string): FanotifyCache {
         // already closed
       }
       // Unmount the bind mount only when nothing uses it; a busy one stays for the next daemon.
-      try {
-        umountSync(layout.hsm);
-      } catch {
-        /* busy: EROFS mounts still hold blob files */
+      // An EROFS mount unmounted just before lets go of its blob files a moment later (the
+      // kernel's deferred fput), so EBUSY is retried for up to 2 s before giving up.
+      const sleeper = new Int32Array(new SharedArrayBuffer(4));
+      for (let attempt = 0; attempt < 20; attempt++) {
+        try {
+          umountSync(layout.hsm);
+          break;
+        } catch (e) {
+          if (errnoOf(e) !== os.constants.errno.EBUSY) break; // not mounted any more, or nothing we can fix
+          Atomics.wait(sleeper, 0, 0, 100);
+        }
       }
     },
   };
