@@ -282,20 +282,18 @@ function layOut(input: BootstrapInput): Placement {
   // ---- chunk table: one entry per distinct (digest, blob index), sorted; the last reference
   // in placement order describes it (its file offset). Sorted with the placement sequence as
   // the last key, each group's last element is that reference (no map keyed by digest).
-  const seq = new Map<ChunkRef, number>(); // a ChunkRef object met again keeps its last position
-  let k = 0;
-  for (let i = 0; i < l.count; i++) for (const c of l.inodes[i].chunks) seq.set(c, k++);
-  const refs = [...seq.keys()];
-  const at = Int32Array.from(seq.values());
-  seq.clear();
-  // digests read once each (a ChunkRef's may be a getter that makes a view)
-  const digests = refs.map((c) => c.digest);
+  const refs: ChunkRef[] = [];
+  for (let i = 0; i < l.count; i++) for (const c of l.inodes[i].chunks) refs.push(c);
+  // digests copied once into one buffer (a ChunkRef's may be a getter that makes a view)
+  const dig = Buffer.allocUnsafe(refs.length * 32);
+  refs.forEach((c, k) => c.digest.copy(dig, k * 32, 0, 32));
+  const cmpDigest = (a: number, b: number): number => dig.compare(dig, b * 32, b * 32 + 32, a * 32, a * 32 + 32);
   const order = Int32Array.from(refs.keys());
-  order.sort((a, b) => Buffer.compare(digests[a], digests[b]) || refs[a].blobIndex - refs[b].blobIndex || at[a] - at[b]);
+  order.sort((a, b) => cmpDigest(a, b) || refs[a].blobIndex - refs[b].blobIndex || a - b);
   for (let j = 0; j < order.length; j++) {
     const c = order[j];
     const next = j + 1 < order.length ? order[j + 1] : -1;
-    if (next >= 0 && refs[next].blobIndex === refs[c].blobIndex && digests[next].equals(digests[c])) continue;
+    if (next >= 0 && refs[next].blobIndex === refs[c].blobIndex && cmpDigest(c, next) === 0) continue;
     l.chunks.push(refs[c]);
   }
   l.totalSize = alignUp(l.metaEnd + l.chunks.length * RAFS_CHUNK_INFO_SIZE, BLK);
