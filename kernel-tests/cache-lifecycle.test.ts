@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import * as crypto from 'node:crypto';
 import { spawn, execFile, ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
+import { runCli } from '../test/helpers/cli';
 import { DaemonApiClient } from '../src/daemon/api-client';
 import { CLI, sha, waitUntil } from '../test/conformance/daemon-suite';
 
@@ -37,14 +38,8 @@ class FscacheDaemon {
     this.api = new DaemonApiClient(this.sock);
   }
 
-  async cli(args: string[]): Promise<string> {
-    try {
-      const r = await execFileP(process.execPath, [CLI, ...args], { env: { ...process.env, NYDUS_TS_RUN_DIR: path.join(this.work, 'run') }, maxBuffer: 64 << 20 });
-      return r.stdout;
-    } catch (e) {
-      const err = e as { stderr?: string; stdout?: string; message: string };
-      throw new Error(`nydus-ts ${args.join(' ')} failed: ${err.stderr ?? ''}${err.stdout ?? ''}${err.message}\n--- daemon log ---\n${fs.readFileSync(this.log, 'utf8').slice(-4000)}`);
-    }
+  cli(args: string[]): Promise<string> {
+    return runCli(args, { runDir: path.join(this.work, 'run'), output: 'stdout', daemonLog: this.log });
   }
 
   async start(): Promise<void> {

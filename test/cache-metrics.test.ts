@@ -18,6 +18,7 @@ import { spawn, execFile, ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import parsePrometheus = require('parse-prometheus-text-format');
 import { CLI, waitUntil } from './conformance/daemon-suite';
+import { runCli } from './helpers/cli';
 import { DaemonApiClient } from '../src/daemon/api-client';
 import { fsTypeOf } from '../src/kernel/fanotify-group';
 import { Exposition, PROMETHEUS_CONTENT_TYPE } from '../src/daemon/prometheus';
@@ -36,14 +37,8 @@ let work: string;
 const daemons: RunningDaemon[] = [];
 const mounts: Array<{ sock: string; mnt: string }> = [];
 
-async function cli(args: string[]): Promise<string> {
-  try {
-    const r = await execFileP(process.execPath, [CLI, ...args], { env: { ...process.env, NYDUS_TS_RUN_DIR: path.join(work, 'run') }, maxBuffer: 64 << 20 });
-    return r.stdout + r.stderr;
-  } catch (e) {
-    const err = e as { stderr?: string; stdout?: string; message: string };
-    throw new Error(`nydus-ts ${args.join(' ')} failed: ${err.stderr ?? ''}${err.stdout ?? ''}${err.message}`);
-  }
+function cli(args: string[]): Promise<string> {
+  return runCli(args, { runDir: path.join(work, 'run') });
 }
 
 function ext4Dir(prefix: string): string {

@@ -20,6 +20,7 @@ import type { AddressInfo } from 'node:net';
 import { spawn, execFile, ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { CLI, waitUntil } from './conformance/daemon-suite';
+import { runCli } from './helpers/cli';
 import { DaemonApiClient } from '../src/daemon/api-client';
 import { fsTypeOf } from '../src/kernel/fanotify-group';
 import { readBootstrapTables } from '../src/format/bootstrap-reader';
@@ -36,14 +37,8 @@ let api: DaemonApiClient;
 let daemon: ChildProcess | undefined;
 const mounted = new Set<string>();
 
-async function cli(args: string[]): Promise<string> {
-  try {
-    const r = await execFileP(process.execPath, [CLI, ...args], { env: { ...process.env, NYDUS_TS_RUN_DIR: path.join(work, 'run') }, maxBuffer: 64 << 20 });
-    return r.stdout + r.stderr;
-  } catch (e) {
-    const err = e as { stderr?: string; stdout?: string; message: string };
-    throw new Error(`nydus-ts ${args.join(' ')} failed: ${err.stderr ?? ''}${err.stdout ?? ''}${err.message}`);
-  }
+function cli(args: string[]): Promise<string> {
+  return runCli(args, { runDir: path.join(work, 'run') });
 }
 
 interface Built {

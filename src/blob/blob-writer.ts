@@ -248,13 +248,9 @@ export class BlobWriter {
       if (this.syncError) throw this.syncError;
     } catch (e) {
       this.syncing = null;
-      this.closeAndRemove();
-      throw new NydusError('ERR_IO', `blob ${this.tmpPath}: cannot write to disk: ${(e as Error).message}`, { path: this.tmpPath });
+      throw this.failedOnDisk(e);
     }
-    this.closeFd();
-    fs.renameSync(this.tmpPath, sealed.path);
-    this.sealed = null;
-    return sealed;
+    return this.moveToFinalName(sealed);
   }
 
   /**
@@ -268,9 +264,19 @@ export class BlobWriter {
       fs.fsyncSync(this.fd);
       if (this.syncError) throw this.syncError;
     } catch (e) {
-      this.closeAndRemove();
-      throw new NydusError('ERR_IO', `blob ${this.tmpPath}: cannot write to disk: ${(e as Error).message}`, { path: this.tmpPath });
+      throw this.failedOnDisk(e);
     }
+    return this.moveToFinalName(sealed);
+  }
+
+  /** The data did not reach the disk: drop the temp file; the error names it. */
+  private failedOnDisk(e: unknown): NydusError {
+    this.closeAndRemove();
+    return new NydusError('ERR_IO', `blob ${this.tmpPath}: cannot write to disk: ${(e as Error).message}`, { path: this.tmpPath });
+  }
+
+  /** The synced blob takes its final name (the blob id). */
+  private moveToFinalName(sealed: FinishedBlob): FinishedBlob {
     this.closeFd();
     fs.renameSync(this.tmpPath, sealed.path);
     this.sealed = null;

@@ -14,11 +14,11 @@ import { spawn, execFile, execFileSync, ChildProcess } from 'node:child_process'
 import { promisify } from 'node:util';
 import { generateTree } from '../../images/tree-gen';
 import { snapshotTree, diffTrees } from '../helpers/tree-compare';
+import { CLI, runCli } from '../helpers/cli';
 import { DaemonApiClient } from '../../src/daemon/api-client';
 
 const execFileP = promisify(execFile);
-export const REPO = path.resolve(__dirname, '..', '..', '..');
-export const CLI = path.join(REPO, 'dist', 'src', 'cli', 'main.js');
+export { CLI };
 
 export interface FrontendHarness {
   frontend: 'fscache' | 'fanotify';
@@ -72,15 +72,7 @@ export function defineDaemonConformance(h: FrontendHarness): SuiteContext {
   const mounted: string[] = [];
   const ctx = {} as SuiteContext;
 
-  ctx.cli = async (args) => {
-    try {
-      const r = await execFileP(process.execPath, [CLI, ...args], { env: { ...process.env, NYDUS_TS_RUN_DIR: path.join(ctx.work, 'run') }, maxBuffer: 64 << 20 });
-      return r.stdout + r.stderr;
-    } catch (e) {
-      const err = e as { stderr?: string; stdout?: string; message: string };
-      throw new Error(`nydus-ts ${args.join(' ')} failed: ${err.stderr ?? ''}${err.stdout ?? ''}${err.message}`);
-    }
-  };
+  ctx.cli = (args) => runCli(args, { runDir: path.join(ctx.work, 'run') });
   ctx.build = async (name, src, extra = []) => {
     const boot = path.join(ctx.work, `${name}.boot`);
     const blobs = path.join(ctx.work, 'blobs');
