@@ -120,7 +120,7 @@ before(async () => {
   root = path.join(work, 'sn');
   sock = path.join(work, 'sn.sock');
   daemonSock = path.join(root, 'daemon', 'api.sock');
-  snap = await startSnapshotter(root, sock);
+  snap = await startSnapshotter(root, sock, ['--daemon-start', 'startup']); // the default, said so: after() stops the daemon
   ctd = await startContainerd(path.join(work, 'ctd'), sock, 'nydus-ts', { namespace: 'k8s.io' });
 });
 
@@ -182,6 +182,13 @@ test('nydus-ts pull (CRI PullImage) fetches manifest, config and bootstrap layer
   assert.equal(boot[0].labels['containerd.io/snapshot/cri.image-ref'], nydusRef, 'the bootstrap snapshot knows the image reference');
   assert.ok(fs.existsSync(path.join(root, 'snapshots', boot[0].id, 'fs', 'image', 'image.boot')), 'containerd unpacked image/image.boot into it');
   assert.equal(imageMounts().length, 0, 'nothing is mounted before a container');
+  // --daemon-start startup: the daemon came up with the snapshotter, before any mount
+  const info = await waitFor('the daemon the snapshotter started', async () => {
+    const r = await apiRequest(daemonSock, 'GET', '/api/v1/daemon').catch(() => undefined);
+    return r?.status === 200 && r.body?.state === 'RUNNING' ? r.body : undefined;
+  }, 30_000);
+  assert.equal(info.state, 'RUNNING');
+  assert.match(snap!.log(), /started a daemon on /, 'the snapshotter logs the start');
   const list = await ctrK8s(['images', 'ls', '-q']);
   assert.ok(list.split('\n').includes(nydusRef), list);
 });

@@ -126,7 +126,7 @@ test('snapshotter CLI: --help; bad --root and --address are refused clearly; a l
   const help = cli(['snapshotter', '--help']);
   assert.equal(help.status, 0, help.stderr);
   assert.match(help.stdout, /Usage: nydus-ts snapshotter/);
-  for (const flag of ['--root', '--address', '--daemon-apisock']) assert.ok(help.stdout.includes(flag), `--help names ${flag}`);
+  for (const flag of ['--root', '--address', '--daemon-apisock', '--daemon-start', '--amplify-io']) assert.ok(help.stdout.includes(flag), `--help names ${flag}`);
   const dir = makeTmpDir('ctrd-cli-');
   let sn: SnapshotterProcess | undefined;
   try {
@@ -144,6 +144,16 @@ test('snapshotter CLI: --help; bad --root and --address are refused clearly; a l
     const r1 = cli(['snapshotter', '--root', file, '--address', path.join(dir, 's1.sock')]);
     assert.equal(r1.status, 1);
     assert.match(r1.stderr, /nydus-ts: error: --root .*a-file: exists and is not a directory/);
+    for (const [args, re] of [
+      [['--daemon-start', 'sometimes'], /nydus-ts: error: --daemon-start sometimes: must be startup or first-mount/],
+      [['--amplify-io', '100'], /nydus-ts: error: --amplify-io 100: must be an integer from 4096 to 268435456/],
+      [['--amplify-io', '1m'], /nydus-ts: error: --amplify-io 1m: must be an integer/],
+    ] as const) {
+      const r = cli(['snapshotter', '--root', path.join(dir, 'root-bad'), '--address', path.join(dir, 'bad.sock'), ...args]);
+      assert.equal(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, re);
+      assert.ok(!fs.existsSync(path.join(dir, 'root-bad')) && !fs.existsSync(path.join(dir, 'bad.sock')), `${args.join(' ')}: nothing made`);
+    }
     const r2 = cli(['snapshotter', '--root', path.join(dir, 'root'), '--address', path.join(dir, 'x'.repeat(120) + '.sock')]);
     assert.equal(r2.status, 1);
     assert.match(r2.stderr, /--address .*: a unix socket path can have at most 107 bytes/);

@@ -166,6 +166,14 @@ test('anonymous: resolves the nydus image, caches its bootstrap by layer digest,
   const v2 = buildRegistration({ fsid: 'F', workDir: '/w', bootstrapPath: '/b', backend: p.backend, format: 'v2' });
   assert.deepEqual((v2.config_v2 as { backend: unknown }).backend, { type: 'registry', registry: p.backend });
   assert.equal(v2.domain_id, '');
+  // an amplification window (the snapshotter's --amplify-io) is carried by the v2 shape only
+  const narrow = buildRegistration({ fsid: 'F', workDir: wd, bootstrapPath: p.bootstrap.path, backend: p.backend, amplifyIo: 131072 });
+  assert.ok(narrow.config_v2 && !narrow.config, 'amplifyIo picks the v2 shape');
+  const parsed = parseBlobCacheEntry(JSON.parse(JSON.stringify(narrow)));
+  assert.equal(parsed.amplifyIo, 131072, 'the daemon takes the window from rafs.batch_size');
+  const wide = buildRegistration({ fsid: 'F', workDir: wd, bootstrapPath: p.bootstrap.path, backend: p.backend, format: 'v2' });
+  assert.equal(parseBlobCacheEntry(JSON.parse(JSON.stringify(wide))).amplifyIo, 1 << 20, 'default 1 MiB');
+  assert.throws(() => buildRegistration({ fsid: 'F', workDir: '/w', bootstrapPath: '/b', backend: p.backend, format: 'legacy', amplifyIo: 4096 }), /needs the v2 registration shape/);
 
   await checkRegistration(p, 'legacy');
   await checkRegistration(p, 'v2');

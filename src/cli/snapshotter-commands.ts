@@ -4,6 +4,7 @@
  */
 import { Command } from 'commander';
 import * as path from 'node:path';
+import { NydusError } from '../errors';
 // The gRPC stack and the snapshotter load inside the action, so `--help` and other commands
 // start without them.
 
@@ -16,16 +17,23 @@ export function addSnapshotterCommands(program: Command): void {
     .description('containerd proxy snapshotter (gRPC containerd.services.snapshots.v1.Snapshots on a unix socket): plain OCI layers as directories + overlayfs, like containerd\'s overlayfs snapshotter; nydus images lazily (data layers never downloaded, the rootfs an overlay on the daemon\'s EROFS mount of the image under <root>/images); runs until SIGTERM/SIGINT')
     .option('--root <dir>', 'state directory: metadata.json, snapshots/<id>/{fs,work}, images/<id>/mnt (nydus image mounts), daemon/ and cache/ (our own daemon)', DEFAULT_SNAPSHOTTER_ROOT)
     .option('--address <sock>', 'unix socket containerd dials (proxy_plugins address)', DEFAULT_SNAPSHOTTER_ADDRESS)
-    .option('--daemon-apisock <sock>', 'API socket of the nydus-ts daemon that serves nydus images lazily (default: start our own daemon, --frontend auto, cache under --root, on the first nydus image)')
+    .option('--daemon-apisock <sock>', 'API socket of the nydus-ts daemon that serves nydus images lazily (default: start our own daemon, --frontend auto, cache under --root; see --daemon-start)')
+    .option('--daemon-start <when>', 'when our own daemon starts: startup (with the snapshotter, as nydus-snapshotter starts its shared daemon, so no container waits for it) or first-mount (on the first nydus image)', 'startup')
     .option('--insecure-registry <host[:port]>', 'a registry reached over plain HTTP (repeatable; loopback registries always are)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--prefetch', "nydus images: after mounting one, fetch the files of its prefetch table in the background (reads go first; default off, as nydusd)")
     .option('--prefetch-all', 'nydus images: prefetch the listed files, then the whole blobs (implies --prefetch)')
+    .option('--amplify-io <bytes>', 'nydus images: the window a small read is widened to, bytes, 4096..268435456 (nydusd rafs.batch_size / amplify_io; default 1048576)')
     .option('-l, --log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(async (o) => {
       const { runSnapshotter } = await import('../containerd/service');
       const daemonApiSock = o.daemonApisock === undefined ? undefined : path.resolve(o.daemonApisock);
+      if (o.daemonStart !== 'startup' && o.daemonStart !== 'first-mount') throw new NydusError('ERR_INVALID_ARGUMENT', `--daemon-start ${o.daemonStart}: must be startup or first-mount`);
+      const amplifyIo = o.amplifyIo === undefined ? undefined : Number(o.amplifyIo);
+      if (amplifyIo !== undefined && (!Number.isInteger(amplifyIo) || amplifyIo < 4096 || amplifyIo > 256 * 1024 * 1024)) {
+        throw new NydusError('ERR_INVALID_ARGUMENT', `--amplify-io ${o.amplifyIo}: must be an integer from 4096 to 268435456 (bytes)`);
+      }
       await runSnapshotter({ root: o.root, address: o.address, daemonApiSock, insecureRegistries: o.insecureRegistry, logLevel: o.logLevel,
-        prefetch: { enable: o.prefetch === true || o.prefetchAll === true, all: o.prefetchAll === true },
+        prefetch: { enable: o.prefetch === true || o.prefetchAll === true, all: o.prefetchAll === true }, amplifyIo, daemonStart: o.daemonStart,
       });
       await new Promise(() => undefined); // serves until a signal
     });

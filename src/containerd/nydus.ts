@@ -54,6 +54,13 @@ export interface NydusHooksOptions {
   insecureRegistries?: string[];
   /** background prefetch of each image mounted (the registration's prefetch_config; default off) */
   prefetch?: import('../oci/image-mount').RegistrationPrefetch;
+  /** each image's amplification window, bytes (the registration's rafs.batch_size; default 1 MiB) */
+  amplifyIo?: number;
+  /**
+   * when our own daemon starts: 'startup' (with the snapshotter, as nydus-snapshotter starts its
+   * shared daemon, so no container waits for it; the default) or 'first-mount'
+   */
+  daemonStart?: 'startup' | 'first-mount';
   log: (level: 'debug' | 'info' | 'warn', msg: string, ctx?: Record<string, unknown>) => void;
 }
 
@@ -94,6 +101,15 @@ export class NydusHooks implements SnapshotHooks {
 
   constructor(private readonly o: NydusHooksOptions) {
     this.imagesDir = path.join(o.root, 'images');
+  }
+
+  /**
+   * With --daemon-start startup and no --daemon-apisock: start our daemon now, in the background
+   * (the first mount waits for it; a failure is logged, and the first mount tries again).
+   */
+  startDaemonEarly(): void {
+    if (this.o.daemonApiSock || (this.o.daemonStart ?? 'startup') !== 'startup') return;
+    this.daemon().catch((e: Error) => this.o.log('warn', `starting the daemon with the snapshotter: ${e.message} (the first nydus mount tries again)`));
   }
 
   /** The snapshotter whose metadata tells who uses an image (set right after open). */
@@ -282,7 +298,7 @@ export class NydusHooks implements SnapshotHooks {
     // a registration left by a crash between register and mount would make PUT fail: drop it first
     const unregister = (): Promise<unknown> => apiRequest(sock, 'DELETE', `/api/v2/blobs?domain_id=${fsid}&blob_id=${fsid}`).catch(() => undefined);
     await unregister();
-    await api('PUT', '/api/v2/blobs', buildRegistration({ fsid, workDir, bootstrapPath: bootstrapFile, backend, prefetch: this.o.prefetch }));
+    await api('PUT', '/api/v2/blobs', buildRegistration({ fsid, workDir, bootstrapPath: bootstrapFile, backend, prefetch: this.o.prefetch, amplifyIo: this.o.amplifyIo }));
     const frontend: string = (await api('GET', '/api/v1/daemon')).frontend ?? 'fscache';
     try {
       if (frontend === 'fanotify') {

@@ -24,6 +24,10 @@ export interface RunSnapshotterOptions {
   insecureRegistries?: string[];
   /** background prefetch of each nydus image mounted (default off, as nydusd) */
   prefetch?: import('../oci/image-mount').RegistrationPrefetch;
+  /** each nydus image's amplification window, bytes (default 1 MiB) */
+  amplifyIo?: number;
+  /** when our own daemon starts (nydus.ts; default 'startup') */
+  daemonStart?: 'startup' | 'first-mount';
   logLevel?: string;
 }
 
@@ -125,7 +129,7 @@ export async function runSnapshotter(o: RunSnapshotterOptions): Promise<void> {
   let bound = false;
   try {
     // nydus images: remote data layers, bootstrap directories, lazy rootfs mounts (nydus.ts)
-    const hooks = new NydusHooks({ root, daemonApiSock: o.daemonApiSock, insecureRegistries: o.insecureRegistries, prefetch: o.prefetch, log });
+    const hooks = new NydusHooks({ root, daemonApiSock: o.daemonApiSock, insecureRegistries: o.insecureRegistries, prefetch: o.prefetch, amplifyIo: o.amplifyIo, daemonStart: o.daemonStart, log });
     const sn = Snapshotter.open({ root, log, hooks });
     hooks.bind(sn);
     await hooks.sweep();
@@ -150,6 +154,7 @@ export async function runSnapshotter(o: RunSnapshotterOptions): Promise<void> {
     process.on('SIGTERM', () => void stop('SIGTERM'));
     process.on('SIGINT', () => void stop('SIGINT'));
     log('info', `serving containerd snapshots on ${sock}`, { root, daemonApiSock: o.daemonApiSock ?? null, snapshots: [...sn.list([])].flat().length });
+    hooks.startDaemonEarly();
   } catch (e) {
     server?.forceShutdown();
     if (bound) fs.rmSync(sock, { force: true }); // never a socket someone else bound meanwhile

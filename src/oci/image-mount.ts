@@ -136,6 +136,11 @@ export interface RegistrationOptions {
   format?: RegistrationFormat;
   /** background prefetch at mount (default off, as nydusd) */
   prefetch?: RegistrationPrefetch;
+  /**
+   * the window a small read is widened to, bytes (nydusd `rafs.batch_size`, alias of
+   * `user_io_batch_size`; default 1 MiB). Only the v2 shape carries it: setting it picks v2.
+   */
+  amplifyIo?: number;
 }
 
 /** nydusd's prefetch settings, as `mount --prefetch…` sets them (src/daemon/prefetch.ts). */
@@ -158,7 +163,8 @@ export interface RegistrationPrefetch {
 export function buildRegistration(o: RegistrationOptions): BlobCacheEntryJson {
   const domainId = o.domainId ?? '';
   const p = { enable: o.prefetch?.enable ?? false, all: o.prefetch?.all ?? false, threads: o.prefetch?.threads ?? 8, merge: o.prefetch?.mergingSize ?? 1 << 20, rate: o.prefetch?.bandwidthRate ?? 0 };
-  if ((o.format ?? 'legacy') === 'legacy') {
+  if ((o.format ?? (o.amplifyIo ? 'v2' : 'legacy')) === 'legacy') {
+    if (o.amplifyIo) throw new NydusError('ERR_INVALID_ARGUMENT', 'an amplification window (rafs.batch_size) needs the v2 registration shape');
     return {
       type: 'bootstrap',
       id: o.fsid,
@@ -186,6 +192,7 @@ export function buildRegistration(o: RegistrationOptions): BlobCacheEntryJson {
         type: 'fscache', fscache: { work_dir: o.workDir },
         prefetch: { enable: p.enable, threads: p.threads, batch_size: p.merge, bandwidth_limit: p.rate, prefetch_all: p.all },
       },
+      ...(o.amplifyIo ? { rafs: { batch_size: o.amplifyIo } } : {}),
       metadata_path: o.bootstrapPath,
     },
   };
