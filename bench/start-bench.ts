@@ -30,7 +30,7 @@ import * as crypto from 'node:crypto';
 import { spawn, execFileSync } from 'node:child_process';
 import { startRegistry, TestRegistry } from '../test/helpers/registry';
 import { startSnapshotter, SnapshotterProcess, killLeftovers } from '../test/helpers/containerd';
-import { apiRequest, ensureDaemon } from '../src/cli/daemon-commands';
+import { apiRequest } from '../src/cli/daemon-commands';
 import {
   benchMain, CACHE_DIR, CLI, REPO, dropCaches, logger, must, now, onCleanup, opt, otherLoad, parseArgs, usageText, removeWorkDir, requireCommands,
   requireRoot, roundOrder, run, UsageError, workDir, median, MiB,
@@ -50,7 +50,7 @@ interface VariantDef {
   label: string;
   snapshotter: 'overlayfs' | 'nydus-ts';
   tag: string;
-  /** start the snapshotter's daemon (fresh, empty) before the clock */
+  /** the snapshotter's daemon (fresh, empty; started with the snapshotter) is up before the clock */
   daemonUp?: boolean;
   /** more `nydus-ts snapshotter` options (prefetch) */
   snapshotterArgs?: string[];
@@ -62,10 +62,11 @@ interface SetupCtx { reg: TestRegistry; work: string; optimizeArgs: string[] }
 
 const VARIANTS = {
   overlayfs: { label: 'containerd overlayfs, OCI image (full pull)', snapshotter: 'overlayfs', tag: 'oci' },
-  'nydus-ts': { label: 'nydus-ts snapshotter, nydus image (lazy; daemon started on first mount)', snapshotter: 'nydus-ts', tag: 'nydus' },
-  'nydus-ts-daemon-up': { label: 'nydus-ts snapshotter, nydus image (lazy; daemon already running)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true },
-  'nydus-ts-prefetch-all': { label: 'nydus-ts snapshotter --prefetch-all, nydus image (lazy; whole blobs fetched in the background)', snapshotter: 'nydus-ts', tag: 'nydus', snapshotterArgs: ['--prefetch-all'] },
-  'nydus-ts-optimized': { label: 'nydus-ts snapshotter --prefetch, `nydus-ts optimize`d image (its prefetch table fetched in the background)', snapshotter: 'nydus-ts', tag: 'nydus-optimized', snapshotterArgs: ['--prefetch'], setup: optimizeImage },
+  'nydus-ts': { label: 'nydus-ts snapshotter, nydus image (lazy; its daemon started with the snapshotter, before the clock)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true },
+  'nydus-ts-first-mount': { label: 'nydus-ts snapshotter --daemon-start first-mount, nydus image (lazy; the daemon started on the first mount, inside the clock)', snapshotter: 'nydus-ts', tag: 'nydus', snapshotterArgs: ['--daemon-start', 'first-mount'] },
+  'nydus-ts-prefetch-all': { label: 'nydus-ts snapshotter --prefetch-all, nydus image (lazy; whole blobs fetched in the background)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true, snapshotterArgs: ['--prefetch-all'] },
+  'nydus-ts-optimized': { label: 'nydus-ts snapshotter --prefetch, `nydus-ts optimize`d image (its prefetch table fetched in the background)', snapshotter: 'nydus-ts', tag: 'nydus-optimized', daemonUp: true, snapshotterArgs: ['--prefetch'], setup: optimizeImage },
+  'nydus-ts-optimized-no-prefetch': { label: 'nydus-ts snapshotter, `nydus-ts optimize`d image without --prefetch (its start-up chunks first and contiguous, fetched on demand)', snapshotter: 'nydus-ts', tag: 'nydus-optimized', daemonUp: true, setup: optimizeImage },
 } satisfies Record<string, VariantDef>;
 type Variant = keyof typeof VARIANTS;
 const VARIANT_NAMES = Object.keys(VARIANTS) as Variant[];
@@ -80,6 +81,8 @@ const SPEC = {
   rootfsTar: opt.path('--rootfs-tar', 'the rootfs tar the images are built from (default: scripts/make-rootfs.sh --cache-only)', 'TAR'),
   rebuildImages: opt.flag('--rebuild-images', 'rebuild the cached images'),
   optimizeArgs: opt.repeat('--optimize-arg', 'extra argument for `nydus-ts optimize` (nydus-ts-optimized)'),
+  convertArgs: opt.repeat('--convert-arg', 'extra argument for `nydus-ts convert` of every image (tuning, e.g. --chunk-size 0x40000)'),
+  snapshotterArgs: opt.repeat('--snapshotter-arg', 'extra argument for every `nydus-ts snapshotter` (tuning, e.g. --amplify-io 131072)'),
   waitQuiet: opt.num('--wait-quiet', 0, 'before each run, wait up to S seconds for other processes to leave the CPUs idle', 'S'),
   dropCaches: opt.off('--no-drop-caches', 'keep the page cache (development only)'),
   keep: opt.flag('--keep', 'keep the work directory'),
@@ -107,6 +110,7 @@ interface Endpoint { host: string; relay?: DelayRelay }
  * those chunks first and its files in the prefetch table, and pushes REG/NAME:nydus-optimized.
  */
 async function optimizeImage(img: ImageSetup, ctx: SetupCtx): Promise<void> {
+  if (img.optimized) return; // made for another variant already
   const help = await run(process.execPath, [CLI, 'optimize', '--help']);
   if (help.code !== 0) throw new UsageError(`--variants nydus-ts-optimized: this build has no \`nydus-ts optimize\` (${(help.stderr.trim() || help.stdout.trim()).split('\n')[0]})`);
   const dir = path.join(ctx.work, `optimize-${img.name}`);
@@ -178,6 +182,17 @@ async function daemonMetrics(sock: string): Promise<{ backend_bytes: number; bac
   return { backend_bytes: sum('backend_bytes'), backend_requests: sum('backend_requests'), chunks_fetched: sum('chunks_fetched') };
 }
 
+/** Wait until the daemon on `sock` (the one the snapshotter starts) answers RUNNING. */
+async function daemonRunning(sock: string, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => undefined);
+    if (r?.status === 200 && r.body?.state === 'RUNNING') return;
+    if (Date.now() > end) throw new Error(`the snapshotter's daemon on ${sock} did not come up in ${timeoutMs / 1000} s`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
+
 /** Seconds since `t0Wall` (ms) of the first line of `text` matching `re` (ISO timestamp first on the line). */
 function logTime(text: string, re: RegExp, t0Wall: number): number {
   for (const line of text.split('\n')) {
@@ -198,7 +213,8 @@ function breakdownOf(snapLog: string, daemonLog: string, id: string, t0Wall: num
     prepare_s: logTime(snapLog, new RegExp(` prepared \\S*/${id}( |$)`), t0Wall),
     daemon_first_log_s: logTime(daemonLog, /./, t0Wall),
     daemon_serving_s: logTime(daemonLog, / serving: /, t0Wall),
-    daemon_up_s: logTime(snapLog, /started a daemon on /, t0Wall),
+    // a daemon started before the clock (with the snapshotter) is no part of this run
+    daemon_up_s: ((t) => (t >= 0 ? t : NaN))(logTime(snapLog, /started a daemon on /, t0Wall)),
     mounted_s: logTime(snapLog, /mounted nydus image /, t0Wall),
   };
 }
@@ -212,13 +228,9 @@ async function measure(a: Args, v: Variant, img: ImageSetup, round: number, rate
     const ours = def.snapshotter === 'nydus-ts';
     if (ours) {
       s.snapRoot = path.join(s.dir, 'sn');
-      s.snap = await startSnapshotter(s.snapRoot, snapSock, ['--insecure-registry', ep.host, ...(def.snapshotterArgs ?? [])], 60_000);
-      if (def.daemonUp) {
-        // where the snapshotter looks for its own daemon: it finds this one alive and uses it
-        const d = path.join(s.snapRoot, 'daemon');
-        fs.mkdirSync(d, { recursive: true, mode: 0o700 });
-        await ensureDaemon(path.join(d, 'api.sock'), path.join(s.snapRoot, 'cache'), path.join(d, 'daemon.log'));
-      }
+      const daemonStart = def.daemonUp ? ['--daemon-start', 'startup'] : [];
+      s.snap = await startSnapshotter(s.snapRoot, snapSock, ['--insecure-registry', ep.host, ...daemonStart, ...(def.snapshotterArgs ?? []), ...a.snapshotterArgs], 60_000);
+      if (def.daemonUp) await daemonRunning(path.join(s.snapRoot, 'daemon', 'api.sock'), 60_000);
     }
     // the overlayfs variant's containerd names a snapshotter socket nobody serves: never dialled
     s.ctd = await startContainerd(path.join(s.dir, 'ctd'), { criSnapshotter: def.snapshotter, nydusSock: snapSock, plainHttpRegistries: [ep.host] });
@@ -288,14 +300,14 @@ async function measure(a: Args, v: Variant, img: ImageSetup, round: number, rate
 // set-up
 
 /** Push the OCI layout to REG/NAME:oci and convert it to REG/NAME:nydus (link unlimited). */
-async function publish(name: ImageName, layout: LayoutInfo, reg: TestRegistry, work: string): Promise<ImageSetup> {
+async function publish(name: ImageName, layout: LayoutInfo, reg: TestRegistry, work: string, convertArgs: string[]): Promise<ImageSetup> {
   let t = now();
   const ociRef = reg.ref(name, 'oci');
   await must('skopeo', ['--insecure-policy', 'copy', '--quiet', '--dest-tls-verify=false', '--preserve-digests', `oci:${layout.dir}:latest`, `docker://${ociRef}`], { env: { ...process.env, TMPDIR: work } });
   log(`${name}: skopeo copy → ${ociRef} in ${(now() - t).toFixed(1)} s`);
   t = now();
   const convJson = path.join(work, `convert-${name}.json`);
-  await must(process.execPath, [CLI, 'convert', '--source', ociRef, '--target', reg.ref(name, 'nydus'), '--insecure', '--work-dir', path.join(work, `convert-${name}`), '-J', convJson], { timeoutMs: 1_800_000 });
+  await must(process.execPath, [CLI, 'convert', '--source', ociRef, '--target', reg.ref(name, 'nydus'), '--insecure', '--work-dir', path.join(work, `convert-${name}`), '-J', convJson, ...convertArgs], { timeoutMs: 1_800_000 });
   const conv = JSON.parse(fs.readFileSync(convJson, 'utf8')) as { blobs?: Array<{ size?: number }> };
   const nydusBlobBytes = (conv.blobs ?? []).reduce((n, b) => n + (b.size ?? 0), 0);
   log(`${name}: nydus-ts convert → ${reg.ref(name, 'nydus')} in ${(now() - t).toFixed(1)} s (data blobs ${(nydusBlobBytes / MiB).toFixed(1)} MiB)`);
@@ -349,7 +361,7 @@ async function main(): Promise<void> {
   }
 
   const images: ImageSetup[] = [];
-  for (const n of a.images as ImageName[]) images.push(await publish(n, layouts.get(n)!, reg, work));
+  for (const n of a.images as ImageName[]) images.push(await publish(n, layouts.get(n)!, reg, work, a.convertArgs));
   const setupCtx: SetupCtx = { reg, work, optimizeArgs: a.optimizeArgs };
   for (const v of a.variants) {
     const setup = (VARIANTS[v] as VariantDef).setup;
