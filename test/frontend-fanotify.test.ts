@@ -224,6 +224,49 @@ test('[fanotify] a slow blob never blocks another: reads of one image complete w
   }
 });
 
+test('[fanotify] POST /api/v1/mount read_ahead_kb: the new mount\'s bdi gets it (the default 1024 otherwise); a bad value is a 400 and mounts nothing', async () => {
+  const src = path.join(ctx.work, 'ra-src');
+  fs.mkdirSync(src);
+  const data = crypto.randomBytes(300_000);
+  fs.writeFileSync(path.join(src, 'f'), data);
+  const img = await ctx.build('ra', src);
+  const work = path.join(ctx.work, 'ra-work');
+  fs.mkdirSync(work, { recursive: true });
+  const reg = await ctx.api.request('PUT', '/api/v2/blobs', JSON.stringify({
+    type: 'bootstrap', id: 'ra', domain_id: '',
+    config_v2: { version: 2, id: 'ra', backend: { type: 'localfs', localfs: { dir: img.blobs } }, cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: img.boot },
+  }));
+  assert.equal(reg.status, 204, JSON.stringify(reg.body));
+  const bdis = (): Set<string> => new Set(fs.readdirSync('/sys/class/bdi').filter((n) => n.startsWith('erofs-')));
+  const mountWith = async (name: string, body: Record<string, unknown>): Promise<{ status: number; mnt: string; bdi?: string; body: unknown }> => {
+    const mnt = path.join(ctx.work, 'mnt', name);
+    fs.mkdirSync(mnt, { recursive: true });
+    const before = bdis();
+    const r = await ctx.api.request('POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`, JSON.stringify({ id: 'ra', ...body }));
+    const fresh = [...bdis()].filter((n) => !before.has(n));
+    return { status: r.status, mnt, bdi: fresh[0], body: r.body };
+  };
+  for (const bad of [-1, 65537, 1.5, '128']) {
+    const r = await mountWith('ra-bad', { read_ahead_kb: bad });
+    assert.equal(r.status, 400, `read_ahead_kb ${JSON.stringify(bad)}: ${JSON.stringify(r.body)}`);
+    assert.match(JSON.stringify(r.body), /read_ahead_kb must be an integer from 0 to 65536/);
+    assert.ok(!fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${r.mnt} `) && r.bdi === undefined, 'nothing mounted');
+  }
+  const readAhead = (bdi: string): number => Number(fs.readFileSync(path.join('/sys/class/bdi', bdi, 'read_ahead_kb'), 'utf8'));
+  for (const [name, body, want] of [['ra-128', { read_ahead_kb: 128 }, 128], ['ra-default', {}, 1024]] as const) {
+    const r = await mountWith(name, body);
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    try {
+      assert.ok(r.bdi, 'the mount made an EROFS bdi');
+      assert.equal(readAhead(r.bdi!), want, `${name}: read_ahead_kb`);
+      assert.ok(fs.readFileSync(path.join(r.mnt, 'f')).equals(data), `${name}: reads right`);
+    } finally {
+      const u = await ctx.api.request('DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(r.mnt)}`);
+      assert.ok(u.status < 300, JSON.stringify(u.body));
+    }
+  }
+});
+
 test('[fanotify] a busy mount is reported, never detached lazily; exit waits for mounts', async () => {
   const src = path.join(ctx.work, 'busy');
   fs.mkdirSync(src);

@@ -62,7 +62,7 @@ export interface DaemonController {
    * optional: `POST /api/v1/mount?mountpoint=M` with `{"id": …, "domain_id": …}` — mount a
    * registered image (front ends whose mounts the daemon makes: fanotify). Without it, 501.
    */
-  mount?(id: string, domainId: string, mountpoint: string): Promise<unknown>;
+  mount?(id: string, domainId: string, mountpoint: string, opts?: { readaheadKb?: number }): Promise<unknown>;
   /** optional: `DELETE /api/v1/mount?mountpoint=M` (never lazily: busy → 409) */
   unmount?(mountpoint: string): Promise<void>;
   /** optional: `GET /api/v1/mount`: the daemon's mounts */
@@ -526,9 +526,13 @@ export class ApiServer {
         const body = parseJson(await ctx.body(), 'POST /api/v1/mount');
         const b = body as Record<string, unknown> | null;
         if (typeof b !== 'object' || b === null || typeof b.id !== 'string' || !b.id || (b.domain_id !== undefined && typeof b.domain_id !== 'string')) {
-          throw new RouteError(400, 'bad request: body must be {"id": "<registered image id>", "domain_id": "<optional>"}');
+          throw new RouteError(400, 'bad request: body must be {"id": "<registered image id>", "domain_id": "<optional>", "read_ahead_kb": <optional>}');
         }
-        return c.mount!(b.id, (b.domain_id as string | undefined) ?? '', mnt);
+        const ra = b.read_ahead_kb;
+        if (ra !== undefined && (typeof ra !== 'number' || !Number.isInteger(ra) || ra < 0 || ra > 65536)) {
+          throw new RouteError(400, `bad request: read_ahead_kb must be an integer from 0 to 65536 (KiB; 0 keeps the kernel's), got ${JSON.stringify(ra)}`);
+        }
+        return c.mount!(b.id, (b.domain_id as string | undefined) ?? '', mnt, ra === undefined ? undefined : { readaheadKb: ra });
       },
       PUT: unsupported,
       DELETE: async (ctx) => {

@@ -56,6 +56,12 @@ export interface BlobSessionOptions {
   validate?: boolean;
   /** the largest single backend read when merging adjacent chunks */
   maxMergeBytes?: number;
+  /**
+   * wait for the amplified window's chunks before answering a request (default true, as nydusd
+   * answers after its merged request); false fetches the window as a separate backend read that
+   * the request does not wait for (the reader gets its own chunks a window's transfer sooner)
+   */
+  windowWait?: boolean;
   /** where chunks are decompressed and verified (see the file comment); default auto */
   decode?: DecodeMode;
   /** the largest cache write gathering adjacent decoded chunks (default 1 MiB, at least one chunk) */
@@ -318,6 +324,7 @@ export class ChunkedBlobSession implements BlobSession, PrefetchTarget {
   private readonly amplify: number;
   private readonly readahead: number;
   private readonly maxMerge: number;
+  private readonly windowWait: boolean;
   private readonly decodeMode: DecodeMode;
   private readonly writeBatch: number;
   /** the previous request's window [first, last] (chunk indices), for sequential detection */
@@ -336,6 +343,7 @@ export class ChunkedBlobSession implements BlobSession, PrefetchTarget {
     this.amplify = opts.amplify ?? 1 << 20;
     this.readahead = this.amplify > 0 ? (opts.readahead ?? envNumber('NYDUS_TS_READAHEAD') ?? 2 << 20) : 0;
     this.maxMerge = opts.maxMergeBytes ?? 8 << 20;
+    this.windowWait = opts.windowWait ?? process.env.NYDUS_TS_WINDOW_WAIT !== '0';
     this.decodeMode = opts.decode ?? envDecode() ?? 'auto';
     this.gate = opts.gate ?? new BackendGate();
     this.writeBatch = Math.max(alignUp(entry.chunkSize || PAGE), alignUp(opts.writeBatch ?? envNumber('NYDUS_TS_WRITE_BATCH') ?? 1 << 20));
@@ -526,6 +534,8 @@ export class ChunkedBlobSession implements BlobSession, PrefetchTarget {
         // the readahead is a run of its own: the window's chunks must not wait for its bytes
         if (i === raFrom) flush();
       } else if (i > last && i <= ampOnly) amplified.push(i);
+      // a window not waited for travels in a read of its own, after the requested chunks'
+      if (!this.windowWait && i > last && run.length && run[0].index <= last) flush();
       const prev = run[run.length - 1];
       const adjacent = prev && prev.compressedOffset + prev.compressedSize === c.compressedOffset;
       if (run.length && (!adjacent || runBytes + c.compressedSize > this.maxMerge)) flush();
@@ -548,7 +558,7 @@ export class ChunkedBlobSession implements BlobSession, PrefetchTarget {
     // The amplified window is part of the request (a small read brings its window in), so it
     // is waited for too, but only a failure of the requested range fails the request.
     const nRequired = required.length;
-    for (const i of amplified) {
+    for (const i of this.windowWait ? amplified : []) {
       const p = this.inflight.get(i);
       if (p) {
         required.push(p);

@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import { ImageRegistry, ImageRegistration } from './image-registry';
 import { LocalFsBackend } from '../backends/localfs';
 import { makeNetworkBackend } from '../backends/proxy';
-import { BlobBackend, BlobMetrics, FrontendMount, KernelFrontend } from './interfaces';
+import { BlobBackend, BlobMetrics, FrontendMount, KernelFrontend, MountOptions } from './interfaces';
 import type { GateStats } from './backend-gate';
 import { ChunkPool } from '../codec/chunk-pool';
 import { digestReady } from '../codec/digest';
@@ -194,13 +194,13 @@ export class Daemon implements DaemonController {
   }
 
   /** `POST /api/v1/mount?mountpoint=`: mount a registered image (front ends that mount themselves). */
-  async mount(id: string, domainId: string, mountpoint: string): Promise<FrontendMount> {
+  async mount(id: string, domainId: string, mountpoint: string, opts?: MountOptions): Promise<FrontendMount> {
     if (!this.frontend.mount) {
       throw new NydusError('ERR_UNSUPPORTED', `the ${this.frontend.kind} front end does not mount images itself: the kernel mounts them (mount -t erofs -o fsid=${id}${domainId ? `,domain_id=${domainId}` : ''})`, { httpStatus: 501 });
     }
     const image = this.registry.find(id, domainId);
     if (!image) throw new NydusError('ERR_NOT_FOUND', `no registered image ${id}${domainId ? ` in domain ${domainId}` : ''}: register it first (PUT /api/v2/blobs)`, { id, domainId, httpStatus: 404 });
-    return this.frontend.mount(image, mountpoint);
+    return this.frontend.mount(image, mountpoint, opts);
   }
 
   /** `DELETE /api/v1/mount?mountpoint=`: never lazily; a busy mount is a 409 and stays served. */

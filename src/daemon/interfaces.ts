@@ -139,6 +139,16 @@ export interface FrontendMount {
   mountedAt: string;
 }
 
+/** Per-mount settings of `POST /api/v1/mount` (front ends that mount themselves). */
+export interface MountOptions {
+  /**
+   * read_ahead_kb of the new mount (fanotify: the size of EROFS's reads of its blob files, so of
+   * each pre-content event's range, and of mmap's read-around); 0 keeps the kernel's 128;
+   * absent, the front end's default (1024)
+   */
+  readaheadKb?: number;
+}
+
 /**
  * A kernel front end: how the kernel asks the daemon core for bytes. Two implement it in
  * src/kernel/: fscache on-demand (/dev/cachefiles; the kernel mounts by fsid and asks for
@@ -155,7 +165,7 @@ export interface KernelFrontend {
   /** per-blob counters merged into the blob's metrics (events, fast/slow path, latency …) */
   blobStats?(blobId: string): Record<string, unknown> | undefined;
   /** Mount a registered image (front ends whose mounts the daemon makes). */
-  mount?(image: RegisteredImage, mountpoint: string): Promise<FrontendMount>;
+  mount?(image: RegisteredImage, mountpoint: string, opts?: MountOptions): Promise<FrontendMount>;
   /** Unmount (never lazily): a busy mount is an error and stays served. */
   unmount?(mountpoint: string): Promise<void>;
   mounts?(): FrontendMount[];

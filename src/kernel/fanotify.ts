@@ -26,7 +26,7 @@ import * as path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { NydusError } from '../errors';
 import { mountPoints } from '../sys/mount-table';
-import type { BlobSession, FrontendMount, ImageSource, KernelFrontend, PrefetchHandle, RegisteredImage, ScrubTarget } from '../daemon/interfaces';
+import type { BlobSession, FrontendMount, ImageSource, MountOptions, KernelFrontend, PrefetchHandle, RegisteredImage, ScrubTarget } from '../daemon/interfaces';
 import { LatencyHistogram } from '../daemon/blob-session';
 import { BlobCacheFile, CacheFileLog, PAGE } from './blob-cache-file';
 import { FanotifyCacheSpace } from './fanotify-cache';
@@ -433,7 +433,7 @@ export class FanotifyFrontend implements KernelFrontend {
     return path.join(this.layout.hsm, blobId);
   }
 
-  async mount(image: RegisteredImage, mountpoint: string): Promise<FrontendMount> {
+  async mount(image: RegisteredImage, mountpoint: string, opts: MountOptions = {}): Promise<FrontendMount> {
     if (this.stopped || !this.images) throw new NydusError('ERR_DAEMON', 'fanotify front end is not serving');
     const mnt = path.resolve(mountpoint);
     if (this.mountTable.has(mnt)) throw new NydusError('ERR_INVALID_ARGUMENT', `${mnt} is already mounted by this daemon (image ${this.mountTable.get(mnt)!.id})`, { mountpoint: mnt, httpStatus: 409 });
@@ -462,7 +462,7 @@ export class FanotifyFrontend implements KernelFrontend {
       const bdisBefore = erofsBdis();
       try {
         newMount('erofs', mnt, { params, attrs: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID });
-        this.tuneReadahead(mnt, bdisBefore);
+        this.tuneReadahead(mnt, bdisBefore, opts.readaheadKb);
       } catch (e) {
         const errno = errnoOf(e);
         if (errno === 15 /* ENOTBLK */) throw new NydusError('ERR_KERNEL', `mount ${mnt}: the kernel cannot mount EROFS from a regular file (CONFIG_EROFS_FS_BACKED_BY_FILE, Linux ≥ 6.12)`, { mountpoint: mnt }, { cause: e });
@@ -486,9 +486,9 @@ export class FanotifyFrontend implements KernelFrontend {
    * Larger reads, fewer events: set read_ahead_kb on the bdi the mount just created (the one
    * EROFS bdi that did not exist before; mounts are made one at a time here). Best effort.
    */
-  private tuneReadahead(mnt: string, before: Set<string>): void {
+  private tuneReadahead(mnt: string, before: Set<string>, perMount?: number): void {
     const env = Number(process.env.NYDUS_TS_FANOTIFY_READAHEAD_KB);
-    const kb = this.opts.readaheadKb ?? (process.env.NYDUS_TS_FANOTIFY_READAHEAD_KB && Number.isFinite(env) && env >= 0 ? env : 1024);
+    const kb = perMount ?? this.opts.readaheadKb ?? (process.env.NYDUS_TS_FANOTIFY_READAHEAD_KB && Number.isFinite(env) && env >= 0 ? env : 1024);
     if (!kb) return;
     const fresh = [...erofsBdis()].filter((n) => !before.has(n));
     if (fresh.length !== 1) {
