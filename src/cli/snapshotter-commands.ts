@@ -22,18 +22,21 @@ export function addSnapshotterCommands(program: Command): void {
     .option('--insecure-registry <host[:port]>', 'a registry reached over plain HTTP (repeatable; loopback registries always are)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--prefetch', "nydus images: after mounting one, fetch the files of its prefetch table in the background (reads go first; default off, as nydusd)")
     .option('--prefetch-all', 'nydus images: prefetch the listed files, then the whole blobs (implies --prefetch)')
-    .option('--amplify-io <bytes>', 'nydus images: the window a small read is widened to, bytes, 4096..268435456 (nydusd rafs.batch_size / amplify_io; default 1048576)')
+    .option('--amplify-io <bytes>', 'nydus images: the window a small read is widened to, bytes, 4096..268435456 (nydusd rafs.batch_size / amplify_io, whose default is 1048576; ours is measured on container start-up, bench/README.md)', '131072')
+    .option('--read-ahead-kb <kb>', 'nydus images on the fanotify front end: read_ahead_kb of each image\'s EROFS mount, 0..65536 (the size of its reads of blob files and of mmap read-around; 0 keeps the kernel\'s 128)', '128')
     .option('-l, --log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(async (o) => {
       const { runSnapshotter } = await import('../containerd/service');
       const daemonApiSock = o.daemonApisock === undefined ? undefined : path.resolve(o.daemonApisock);
       if (o.daemonStart !== 'startup' && o.daemonStart !== 'first-mount') throw new NydusError('ERR_INVALID_ARGUMENT', `--daemon-start ${o.daemonStart}: must be startup or first-mount`);
-      const amplifyIo = o.amplifyIo === undefined ? undefined : Number(o.amplifyIo);
-      if (amplifyIo !== undefined && (!Number.isInteger(amplifyIo) || amplifyIo < 4096 || amplifyIo > 256 * 1024 * 1024)) {
+      const amplifyIo = Number(o.amplifyIo);
+      if (!/^\d+$/.test(o.amplifyIo) || amplifyIo < 4096 || amplifyIo > 256 * 1024 * 1024) {
         throw new NydusError('ERR_INVALID_ARGUMENT', `--amplify-io ${o.amplifyIo}: must be an integer from 4096 to 268435456 (bytes)`);
       }
+      const readaheadKb = Number(o.readAheadKb);
+      if (!/^\d+$/.test(o.readAheadKb) || readaheadKb > 65536) throw new NydusError('ERR_INVALID_ARGUMENT', `--read-ahead-kb ${o.readAheadKb}: must be an integer from 0 to 65536 (KiB)`);
       await runSnapshotter({ root: o.root, address: o.address, daemonApiSock, insecureRegistries: o.insecureRegistry, logLevel: o.logLevel,
-        prefetch: { enable: o.prefetch === true || o.prefetchAll === true, all: o.prefetchAll === true }, amplifyIo, daemonStart: o.daemonStart,
+        prefetch: { enable: o.prefetch === true || o.prefetchAll === true, all: o.prefetchAll === true }, amplifyIo, readaheadKb, daemonStart: o.daemonStart,
       });
       await new Promise(() => undefined); // serves until a signal
     });

@@ -56,6 +56,8 @@ export interface NydusHooksOptions {
   prefetch?: import('../oci/image-mount').RegistrationPrefetch;
   /** each image's amplification window, bytes (the registration's rafs.batch_size; default 1 MiB) */
   amplifyIo?: number;
+  /** fanotify: read_ahead_kb of each image's mount (the daemon's default when absent) */
+  readaheadKb?: number;
   /**
    * when our own daemon starts: 'startup' (with the snapshotter, as nydus-snapshotter starts its
    * shared daemon, so no container waits for it; the default) or 'first-mount'
@@ -302,7 +304,7 @@ export class NydusHooks implements SnapshotHooks {
     const frontend: string = (await api('GET', '/api/v1/daemon')).frontend ?? 'fscache';
     try {
       if (frontend === 'fanotify') {
-        await api('POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`, { id: fsid, domain_id: '' });
+        await api('POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`, { id: fsid, domain_id: '', ...(this.o.readaheadKb === undefined ? {} : { read_ahead_kb: this.o.readaheadKb }) });
       } else {
         await execFileP('mount', ['-t', 'erofs', '-o', `fsid=${fsid}`, 'none', mnt]).catch((e) => {
           throw new NydusError('ERR_KERNEL', `snapshot ${key}: mount -t erofs -o fsid=${fsid} none ${mnt}: ${(e as { stderr?: string }).stderr?.trim() || (e as Error).message}`, { key });

@@ -24,8 +24,10 @@ export interface RunSnapshotterOptions {
   insecureRegistries?: string[];
   /** background prefetch of each nydus image mounted (default off, as nydusd) */
   prefetch?: import('../oci/image-mount').RegistrationPrefetch;
-  /** each nydus image's amplification window, bytes (default 1 MiB) */
+  /** each nydus image's amplification window, bytes */
   amplifyIo?: number;
+  /** fanotify: read_ahead_kb of each nydus image's mount */
+  readaheadKb?: number;
   /** when our own daemon starts (nydus.ts; default 'startup') */
   daemonStart?: 'startup' | 'first-mount';
   logLevel?: string;
@@ -129,7 +131,7 @@ export async function runSnapshotter(o: RunSnapshotterOptions): Promise<void> {
   let bound = false;
   try {
     // nydus images: remote data layers, bootstrap directories, lazy rootfs mounts (nydus.ts)
-    const hooks = new NydusHooks({ root, daemonApiSock: o.daemonApiSock, insecureRegistries: o.insecureRegistries, prefetch: o.prefetch, amplifyIo: o.amplifyIo, daemonStart: o.daemonStart, log });
+    const hooks = new NydusHooks({ root, daemonApiSock: o.daemonApiSock, insecureRegistries: o.insecureRegistries, prefetch: o.prefetch, amplifyIo: o.amplifyIo, readaheadKb: o.readaheadKb, daemonStart: o.daemonStart, log });
     const sn = Snapshotter.open({ root, log, hooks });
     hooks.bind(sn);
     await hooks.sweep();
