@@ -59,7 +59,7 @@ export function addOptimizeCommands(program: Command): void {
     .option('--output-bootstrap <file>', 'rebuild: write the optimized bootstrap here (with --output-blob-dir)')
     .option('--output-blob-dir <dir>', 'rebuild: write the blobs of the optimized image here (unchanged ones are copied)')
     .option('--target <ref>', 'rebuild an --image and push it here (registry reference or oci:DIR[:TAG])')
-    .addOption(new Option('--prefetch-files <which>', 'rebuild: files the prefetch table names: all files read, only those read whole (a prefetcher fetches whole files), or none').choices(['all', 'whole', 'none']).default('all'))
+    .addOption(new Option('--prefetch-files <which>', 'rebuild: files the prefetch table names: all files read, only those read whole (a prefetcher fetches whole files), or none').choices(['all', 'whole', 'none']).default('whole'))
     .option('--timeout <seconds>', 'stop the workload after this long and keep the trace (for servers that never exit)')
     .option('--allow-failure', 'keep the trace of a workload that exits non-zero (default: an error, nothing written)')
     .option('-e, --env <KEY=VALUE>', 'environment of the workload (repeatable; PATH and HOME=/root are set)', collect)
