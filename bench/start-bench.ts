@@ -63,6 +63,8 @@ interface SetupCtx { reg: TestRegistry; work: string; optimizeArgs: string[] }
 const VARIANTS = {
   overlayfs: { label: 'containerd overlayfs, OCI image (full pull)', snapshotter: 'overlayfs', tag: 'oci' },
   'nydus-ts': { label: 'nydus-ts snapshotter, nydus image (lazy; its daemon started with the snapshotter, before the clock)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true },
+  'nydus-ts-untuned': { label: 'nydus-ts snapshotter --amplify-io 1048576 --read-ahead-kb 1024, nydus image (lazy; the window and read-ahead before tuning: nydusd\'s and the daemon\'s defaults)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true, snapshotterArgs: ['--amplify-io', '1048576', '--read-ahead-kb', '1024'] },
+  'nydus-ts-chunk-256k': { label: 'nydus-ts snapshotter, the image converted with --chunk-size 0x40000 (256 KiB chunks instead of 1 MiB)', snapshotter: 'nydus-ts', tag: 'nydus-256k', daemonUp: true, setup: convert256k },
   'nydus-ts-first-mount': { label: 'nydus-ts snapshotter --daemon-start first-mount, nydus image (lazy; the daemon started on the first mount, inside the clock)', snapshotter: 'nydus-ts', tag: 'nydus', snapshotterArgs: ['--daemon-start', 'first-mount'] },
   'nydus-ts-prefetch-all': { label: 'nydus-ts snapshotter --prefetch-all, nydus image (lazy; whole blobs fetched in the background)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true, snapshotterArgs: ['--prefetch-all'] },
   'nydus-ts-optimized': { label: 'nydus-ts snapshotter --prefetch, `nydus-ts optimize`d image (its prefetch table fetched in the background)', snapshotter: 'nydus-ts', tag: 'nydus-optimized', daemonUp: true, snapshotterArgs: ['--prefetch'], setup: optimizeImage },
@@ -191,6 +193,14 @@ async function daemonRunning(sock: string, timeoutMs: number): Promise<void> {
     if (Date.now() > end) throw new Error(`the snapshotter's daemon on ${sock} did not come up in ${timeoutMs / 1000} s`);
     await new Promise((res) => setTimeout(res, 50));
   }
+}
+
+/** `nydus-ts convert --chunk-size 0x40000` of REG/NAME:oci to REG/NAME:nydus-256k (untimed, link unlimited). */
+async function convert256k(img: ImageSetup, ctx: SetupCtx): Promise<void> {
+  const t = now();
+  await must(process.execPath, [CLI, 'convert', '--source', ctx.reg.ref(img.name, 'oci'), '--target', ctx.reg.ref(img.name, 'nydus-256k'), '--insecure', '--chunk-size', '0x40000',
+    '--work-dir', path.join(ctx.work, `convert-256k-${img.name}`)], { timeoutMs: 1_800_000 });
+  log(`${img.name}: nydus-ts convert --chunk-size 0x40000 → ${ctx.reg.ref(img.name, 'nydus-256k')} in ${(now() - t).toFixed(1)} s`);
 }
 
 /** Seconds since `t0Wall` (ms) of the first line of `text` matching `re` (ISO timestamp first on the line). */
