@@ -126,7 +126,7 @@ test('snapshotter CLI: --help; bad --root and --address are refused clearly; a l
   const help = cli(['snapshotter', '--help']);
   assert.equal(help.status, 0, help.stderr);
   assert.match(help.stdout, /Usage: nydus-ts snapshotter/);
-  for (const flag of ['--root', '--address', '--daemon-apisock', '--daemon-start', '--amplify-io']) assert.ok(help.stdout.includes(flag), `--help names ${flag}`);
+  for (const flag of ['--root', '--address', '--daemon-apisock', '--daemon-start', '--amplify-io', '--read-ahead-kb', '--prefetch-threads', '--prefetch-merge-size', '--prefetch-bandwidth']) assert.ok(help.stdout.includes(flag), `--help names ${flag}`);
   const dir = makeTmpDir('ctrd-cli-');
   let sn: SnapshotterProcess | undefined;
   try {
@@ -148,6 +148,9 @@ test('snapshotter CLI: --help; bad --root and --address are refused clearly; a l
       [['--daemon-start', 'sometimes'], /nydus-ts: error: --daemon-start sometimes: must be startup or first-mount/],
       [['--amplify-io', '100'], /nydus-ts: error: --amplify-io 100: must be an integer from 4096 to 268435456/],
       [['--amplify-io', '1m'], /nydus-ts: error: --amplify-io 1m: must be an integer/],
+      [['--read-ahead-kb', '70000'], /nydus-ts: error: --read-ahead-kb 70000: must be an integer from 0 to 65536/],
+      [['--prefetch', '--prefetch-threads', '0'], /nydus-ts: error: --prefetch-threads "0": expected a positive integer/],
+      [['--prefetch-bandwidth', '1000000'], /nydus-ts: error: --prefetch-threads, --prefetch-merge-size and --prefetch-bandwidth need --prefetch or --prefetch-all/],
     ] as const) {
       const r = cli(['snapshotter', '--root', path.join(dir, 'root-bad'), '--address', path.join(dir, 'bad.sock'), ...args]);
       assert.equal(r.status, 1, `${args.join(' ')}: ${r.stderr}`);

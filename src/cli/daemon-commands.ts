@@ -195,7 +195,7 @@ export async function mountRegistered(req: MountRegisteredRequest): Promise<Moun
   return { mountpoint: mnt, frontend, daemonStarted: started, timingsMs: { daemon: Math.round(t1 - t0), register: Math.round(t2 - t1), mount: Math.round(t3 - t2) } };
 }
 
-function positiveInt(flag: string, v: string, zeroOk = false): number {
+export function positiveInt(flag: string, v: string, zeroOk = false): number {
   const n = Number(v);
   if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || (n === 0 && !zeroOk)) {
     throw new NydusError('ERR_INVALID_ARGUMENT', `${flag} ${JSON.stringify(v)}: expected ${zeroOk ? 'a non-negative' : 'a positive'} integer`);
@@ -203,8 +203,8 @@ function positiveInt(flag: string, v: string, zeroOk = false): number {
   return n;
 }
 
-/** `mount --prefetch…` as the registration's prefetch settings (nydusd's defaults where not given). */
-function prefetchFlags(o: { prefetch?: boolean; prefetchAll?: boolean; prefetchThreads?: number; prefetchMergeSize?: number; prefetchBandwidth?: number }): {
+/** `mount|snapshotter --prefetch…` as the registration's prefetch settings (nydusd's defaults where not given). */
+export function prefetchFlags(o: { prefetch?: boolean; prefetchAll?: boolean; prefetchThreads?: number; prefetchMergeSize?: number; prefetchBandwidth?: number }): {
   enable: boolean; all: boolean; threads: number; mergingSize: number; bandwidthRate: number;
 } {
   const enable = o.prefetch === true || o.prefetchAll === true;

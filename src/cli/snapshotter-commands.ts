@@ -5,6 +5,7 @@
 import { Command } from 'commander';
 import * as path from 'node:path';
 import { NydusError } from '../errors';
+import { positiveInt, prefetchFlags } from './daemon-commands';
 // The gRPC stack and the snapshotter load inside the action, so `--help` and other commands
 // start without them.
 
@@ -22,6 +23,9 @@ export function addSnapshotterCommands(program: Command): void {
     .option('--insecure-registry <host[:port]>', 'a registry reached over plain HTTP (repeatable; loopback registries always are)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--prefetch', "nydus images: after mounting one, fetch the files of its prefetch table in the background (reads go first; default off, as nydusd)")
     .option('--prefetch-all', 'nydus images: prefetch the listed files, then the whole blobs (implies --prefetch)')
+    .option('--prefetch-threads <n>', 'concurrent prefetch requests (default 8)', (v) => positiveInt('--prefetch-threads', v))
+    .option('--prefetch-merge-size <bytes>', 'the largest merged prefetch request (default 1048576)', (v) => positiveInt('--prefetch-merge-size', v))
+    .option('--prefetch-bandwidth <bytes/s>', 'prefetch bandwidth limit (default 0 = unlimited)', (v) => positiveInt('--prefetch-bandwidth', v, true))
     .option('--amplify-io <bytes>', 'nydus images: the window a small read is widened to, bytes, 4096..268435456 (nydusd rafs.batch_size / amplify_io, whose default is 1048576; ours is measured on container start-up, bench/README.md)', '131072')
     .option('--read-ahead-kb <kb>', 'nydus images on the fanotify front end: read_ahead_kb of each image\'s EROFS mount, 0..65536 (the size of its reads of blob files and of mmap read-around; 0 keeps the kernel\'s 128)', '128')
     .option('-l, --log-level <level>', 'trace|debug|info|warn|error', 'info')
@@ -36,7 +40,7 @@ export function addSnapshotterCommands(program: Command): void {
       const readaheadKb = Number(o.readAheadKb);
       if (!/^\d+$/.test(o.readAheadKb) || readaheadKb > 65536) throw new NydusError('ERR_INVALID_ARGUMENT', `--read-ahead-kb ${o.readAheadKb}: must be an integer from 0 to 65536 (KiB)`);
       await runSnapshotter({ root: o.root, address: o.address, daemonApiSock, insecureRegistries: o.insecureRegistry, logLevel: o.logLevel,
-        prefetch: { enable: o.prefetch === true || o.prefetchAll === true, all: o.prefetchAll === true }, amplifyIo, readaheadKb, daemonStart: o.daemonStart,
+        prefetch: prefetchFlags(o), amplifyIo, readaheadKb, daemonStart: o.daemonStart,
       });
       await new Promise(() => undefined); // serves until a signal
     });
