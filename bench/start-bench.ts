@@ -54,6 +54,8 @@ interface VariantDef {
   daemonUp?: boolean;
   /** more `nydus-ts snapshotter` options (prefetch) */
   snapshotterArgs?: string[];
+  /** environment of the snapshotter, so of the daemon it starts (the daemon's measurement knobs) */
+  env?: Record<string, string>;
   /** once per image, untimed: make the image this variant pulls */
   setup?: (img: ImageSetup, ctx: SetupCtx) => Promise<void>;
 }
@@ -65,6 +67,8 @@ const VARIANTS = {
   'nydus-ts': { label: 'nydus-ts snapshotter, nydus image (lazy; its daemon started with the snapshotter, before the clock)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true },
   'nydus-ts-untuned': { label: 'nydus-ts snapshotter --amplify-io 1048576 --read-ahead-kb 1024, nydus image (lazy; the window and read-ahead before tuning: nydusd\'s and the daemon\'s defaults)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true, snapshotterArgs: ['--amplify-io', '1048576', '--read-ahead-kb', '1024'] },
   'nydus-ts-chunk-256k': { label: 'nydus-ts snapshotter, the image converted with --chunk-size 0x40000 (256 KiB chunks instead of 1 MiB)', snapshotter: 'nydus-ts', tag: 'nydus-256k', daemonUp: true, setup: convert256k },
+  'nydus-ts-1-connection': { label: 'nydus-ts snapshotter, its daemon with one connection per registry (NYDUS_TS_HTTP_CONNECTIONS=1; default 16)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true, env: { NYDUS_TS_HTTP_CONNECTIONS: '1' } },
+  'nydus-ts-no-keepalive': { label: 'nydus-ts snapshotter, its daemon without connection reuse (NYDUS_TS_HTTP_REUSE=0: a new connection per request)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true, env: { NYDUS_TS_HTTP_REUSE: '0' } },
   'nydus-ts-first-mount': { label: 'nydus-ts snapshotter --daemon-start first-mount, nydus image (lazy; the daemon started on the first mount, inside the clock)', snapshotter: 'nydus-ts', tag: 'nydus', snapshotterArgs: ['--daemon-start', 'first-mount'] },
   'nydus-ts-prefetch-all': { label: 'nydus-ts snapshotter --prefetch-all, nydus image (lazy; whole blobs fetched in the background)', snapshotter: 'nydus-ts', tag: 'nydus', daemonUp: true, snapshotterArgs: ['--prefetch-all'] },
   'nydus-ts-optimized': { label: 'nydus-ts snapshotter --prefetch, `nydus-ts optimize`d image (its prefetch table fetched in the background)', snapshotter: 'nydus-ts', tag: 'nydus-optimized', daemonUp: true, snapshotterArgs: ['--prefetch'], setup: optimizeImage },
@@ -242,7 +246,15 @@ async function measure(a: Args, v: Variant, img: ImageSetup, round: number, rate
     if (ours) {
       s.snapRoot = path.join(s.dir, 'sn');
       const daemonStart = def.daemonUp ? ['--daemon-start', 'startup'] : [];
-      s.snap = await startSnapshotter(s.snapRoot, snapSock, ['--insecure-registry', ep.host, ...daemonStart, ...(def.snapshotterArgs ?? []), ...a.snapshotterArgs], 60_000);
+      // the snapshotter inherits this process's environment when it is spawned (at once)
+      const saved = Object.fromEntries(Object.keys(def.env ?? {}).map((k) => [k, process.env[k]]));
+      Object.assign(process.env, def.env ?? {});
+      const started = startSnapshotter(s.snapRoot, snapSock, ['--insecure-registry', ep.host, ...daemonStart, ...(def.snapshotterArgs ?? []), ...a.snapshotterArgs], 60_000);
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+      s.snap = await started;
       if (def.daemonUp) await daemonRunning(path.join(s.snapRoot, 'daemon', 'api.sock'), 60_000);
     }
     // the overlayfs variant's containerd names a snapshotter socket nobody serves: never dialled

@@ -96,6 +96,14 @@ export function headerValue(h: HttpReply['headers'], name: string): string | und
   return Array.isArray(v) ? v[0] : v;
 }
 
+/**
+ * Measurement knobs for bench:start's tuning runs (bench/README.md, "Tuning"): sockets per
+ * origin when the caller sets none (default 16), and `NYDUS_TS_HTTP_REUSE=0` to close every
+ * connection after its request (no keep-alive).
+ */
+const ENV_CONNECTIONS = /^[1-9]\d*$/.test(process.env.NYDUS_TS_HTTP_CONNECTIONS ?? '') ? Number(process.env.NYDUS_TS_HTTP_CONNECTIONS) : undefined;
+const NO_REUSE = process.env.NYDUS_TS_HTTP_REUSE === '0';
+
 /** URL without userinfo or query (query strings of redirected object-storage URLs carry signatures). */
 export function redactUrl(url: string): string {
   try {
@@ -123,7 +131,7 @@ export class HttpClient {
       });
       connect.ca = [...tls.rootCertificates, ...extra];
     }
-    const limits = { connections: opts.maxConnections ?? 16, headersTimeout: opts.timeoutMs, bodyTimeout: opts.timeoutMs };
+    const limits = { connections: opts.maxConnections ?? ENV_CONNECTIONS ?? 16, headersTimeout: opts.timeoutMs, bodyTimeout: opts.timeoutMs };
     if (opts.proxyUrl) {
       // forward-proxy form for http:// targets (what a Dragonfly peer or a caching proxy sees and
       // can cache), CONNECT tunnels for https:// ones; the same per-origin socket bound either way
@@ -167,7 +175,7 @@ export class HttpClient {
     try {
       let res: ResponseData;
       try {
-        res = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher, signal: ac.signal });
+        res = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher, signal: ac.signal, reset: NO_REUSE });
       } catch (e) {
         // certificate problems do not go away by retrying; everything else on the wire might
         throw backendError(`${what} ${redactUrl(url)}: ${describeTransportError(ac.signal.reason ?? e)}`, !isCertificateError(e), { url: redactUrl(url) }, e);

@@ -31,10 +31,12 @@ export interface RequestOptions {
   headers?: Record<string, string>;
   body?: Undici.Dispatcher.DispatchOptions['body'];
   signal?: AbortSignal;
+  /** close the connection after this request (no keep-alive) */
+  reset?: boolean;
 }
 
 /** undici's `request(url, opts)`, always on an explicit dispatcher. */
 export function request(url: string, o: RequestOptions): Promise<ResponseData> {
   const u = new URL(url);
-  return o.dispatcher.request({ origin: u.origin, path: u.pathname + u.search, method: o.method, headers: o.headers, body: o.body, signal: o.signal });
+  return o.dispatcher.request({ origin: u.origin, path: u.pathname + u.search, method: o.method, headers: o.headers, body: o.body, signal: o.signal, reset: o.reset });
 }
