@@ -246,15 +246,7 @@ async function measure(a: Args, v: Variant, img: ImageSetup, round: number, rate
     if (ours) {
       s.snapRoot = path.join(s.dir, 'sn');
       const daemonStart = def.daemonUp ? ['--daemon-start', 'startup'] : [];
-      // the snapshotter inherits this process's environment when it is spawned (at once)
-      const saved = Object.fromEntries(Object.keys(def.env ?? {}).map((k) => [k, process.env[k]]));
-      Object.assign(process.env, def.env ?? {});
-      const started = startSnapshotter(s.snapRoot, snapSock, ['--insecure-registry', ep.host, ...daemonStart, ...(def.snapshotterArgs ?? []), ...a.snapshotterArgs], 60_000);
-      for (const [k, v] of Object.entries(saved)) {
-        if (v === undefined) delete process.env[k];
-        else process.env[k] = v;
-      }
-      s.snap = await started;
+      s.snap = await startSnapshotter(s.snapRoot, snapSock, ['--insecure-registry', ep.host, ...daemonStart, ...(def.snapshotterArgs ?? []), ...a.snapshotterArgs], 60_000, def.env);
       if (def.daemonUp) await daemonRunning(path.join(s.snapRoot, 'daemon', 'api.sock'), 60_000);
     }
     // the overlayfs variant's containerd names a snapshotter socket nobody serves: never dialled

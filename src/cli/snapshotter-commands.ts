@@ -12,6 +12,13 @@ import { positiveInt, prefetchFlags } from './daemon-commands';
 export const DEFAULT_SNAPSHOTTER_ROOT = '/var/lib/nydus-ts/snapshotter';
 export const DEFAULT_SNAPSHOTTER_ADDRESS = '/run/nydus-ts/snapshotter.sock';
 
+/** A decimal integer option within [min, max], or an ERR_INVALID_ARGUMENT naming the flag. */
+function intInRange(flag: string, v: string, min: number, max: number, unit: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < min || n > max) throw new NydusError('ERR_INVALID_ARGUMENT', `${flag} ${v}: must be an integer from ${min} to ${max} (${unit})`);
+  return n;
+}
+
 export function addSnapshotterCommands(program: Command): void {
   program
     .command('snapshotter')
@@ -33,12 +40,8 @@ export function addSnapshotterCommands(program: Command): void {
       const { runSnapshotter } = await import('../containerd/service');
       const daemonApiSock = o.daemonApisock === undefined ? undefined : path.resolve(o.daemonApisock);
       if (o.daemonStart !== 'startup' && o.daemonStart !== 'first-mount') throw new NydusError('ERR_INVALID_ARGUMENT', `--daemon-start ${o.daemonStart}: must be startup or first-mount`);
-      const amplifyIo = Number(o.amplifyIo);
-      if (!/^\d+$/.test(o.amplifyIo) || amplifyIo < 4096 || amplifyIo > 256 * 1024 * 1024) {
-        throw new NydusError('ERR_INVALID_ARGUMENT', `--amplify-io ${o.amplifyIo}: must be an integer from 4096 to 268435456 (bytes)`);
-      }
-      const readaheadKb = Number(o.readAheadKb);
-      if (!/^\d+$/.test(o.readAheadKb) || readaheadKb > 65536) throw new NydusError('ERR_INVALID_ARGUMENT', `--read-ahead-kb ${o.readAheadKb}: must be an integer from 0 to 65536 (KiB)`);
+      const amplifyIo = intInRange('--amplify-io', o.amplifyIo, 4096, 256 * 1024 * 1024, 'bytes');
+      const readaheadKb = intInRange('--read-ahead-kb', o.readAheadKb, 0, 65536, 'KiB');
       await runSnapshotter({ root: o.root, address: o.address, daemonApiSock, insecureRegistries: o.insecureRegistry, logLevel: o.logLevel,
         prefetch: prefetchFlags(o), amplifyIo, readaheadKb, daemonStart: o.daemonStart,
       });

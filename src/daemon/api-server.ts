@@ -24,6 +24,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { NydusError } from '../errors';
 import { NormalizedEntry, parseBlobCacheEntry } from './config';
+import type { MountOptions } from './interfaces';
 import { PROMETHEUS_CONTENT_TYPE } from './prometheus';
 
 export type DaemonStateName = 'INIT' | 'READY' | 'RUNNING' | 'STOPPED' | 'UNKNOWN';
@@ -62,7 +63,7 @@ export interface DaemonController {
    * optional: `POST /api/v1/mount?mountpoint=M` with `{"id": …, "domain_id": …}` — mount a
    * registered image (front ends whose mounts the daemon makes: fanotify). Without it, 501.
    */
-  mount?(id: string, domainId: string, mountpoint: string, opts?: { readaheadKb?: number }): Promise<unknown>;
+  mount?(id: string, domainId: string, mountpoint: string, opts?: MountOptions): Promise<unknown>;
   /** optional: `DELETE /api/v1/mount?mountpoint=M` (never lazily: busy → 409) */
   unmount?(mountpoint: string): Promise<void>;
   /** optional: `GET /api/v1/mount`: the daemon's mounts */

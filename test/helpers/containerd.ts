@@ -128,12 +128,13 @@ export interface SnapshotterProcess {
  * `startTimeoutMs`: a node start takes tens of seconds in the TCG test VM). Unless `extra` says
  * otherwise (--daemon-start, --daemon-apisock), its own daemon starts on the first nydus mount:
  * a test that starts the daemon (the default, `startup`) says so and stops it.
+ * `env` is added to the environment it (and so the daemon it starts) runs with.
  */
-export async function startSnapshotter(root: string, sock: string, extra: string[] = [], startTimeoutMs = 15_000): Promise<SnapshotterProcess> {
+export async function startSnapshotter(root: string, sock: string, extra: string[] = [], startTimeoutMs = 15_000, env: Record<string, string> = {}): Promise<SnapshotterProcess> {
   const logFile = path.join(path.dirname(root), `snapshotter-${path.basename(sock)}.log`);
   const out = fs.openSync(logFile, 'a');
   const daemonArgs = extra.includes('--daemon-start') || extra.includes('--daemon-apisock') ? [] : ['--daemon-start', 'first-mount'];
-  const child = spawn(process.execPath, [CLI, 'snapshotter', '--root', root, '--address', sock, '--log-level', 'debug', ...daemonArgs, ...extra], { stdio: ['ignore', out, out] });
+  const child = spawn(process.execPath, [CLI, 'snapshotter', '--root', root, '--address', sock, '--log-level', 'debug', ...daemonArgs, ...extra], { stdio: ['ignore', out, out], env: { ...process.env, ...env } });
   fs.closeSync(out);
   live.add(child);
   const exited = new Promise<number | string>((resolve) => child.once('exit', (code, sig) => {
